@@ -1,0 +1,127 @@
+"""Chime: durable streaming of AI chat answers.
+
+``create_app(settings)`` builds the Sanic app; ``python app.py`` runs it in one
+process (fan-out and presence live in its memory).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from types import SimpleNamespace
+
+from sanic import Sanic
+
+import errors
+from channels.generation import Generations
+from channels.hub import Hub
+from channels.limits import Limits
+from channels.sqlite_store import SQLiteStore
+from llm import make_provider
+from metrics import Metrics
+from notify.presence import Presence
+from routes import api
+from routes.auth import Users
+from settings import Settings, SettingsError
+
+log = logging.getLogger("chime")
+
+APP_NAME = "chime"
+
+
+def create_app(settings: Settings | None = None) -> Sanic:
+    settings = settings or Settings.from_env()
+    app = Sanic(APP_NAME)
+    configure(app, settings)
+    errors.install(app)
+    app.blueprint(api)
+    app.ctx.settings = settings
+    app.ctx.stopping = False
+    app.before_server_start(start_services)
+    app.before_server_stop(stop_streams)
+    app.after_server_stop(close_services)
+    return app
+
+
+def configure(app: Sanic, settings: Settings) -> None:
+    config = app.config
+    config.REQUEST_MAX_SIZE = settings.max_body_bytes
+    # Open streams end on stop (stop_streams); this only bounds a stuck client.
+    config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.shutdown_grace_s + 2.0
+    # Keepalive comments are what keep a quiet stream under the response timeout.
+    config.RESPONSE_TIMEOUT = max(60.0, settings.keepalive_s * 3)
+    config.FALLBACK_ERROR_FORMAT = "json"
+    config.WEBSOCKET_MAX_SIZE = 64 * 1024
+    config.ACCESS_LOG = False
+    config.NOISY_EXCEPTIONS = False
+
+
+async def start_services(app: Sanic) -> None:
+    settings: Settings = app.ctx.settings
+    ctx = app.ctx
+    ctx.metrics = Metrics()
+    ctx.hub = Hub()
+    ctx.presence = Presence()
+    ctx.store = SQLiteStore(settings.db_path)
+    ctx.store.on_commit = ctx.hub.publish
+    await ctx.store.open()
+    ctx.users = Users(ctx.store)
+    ctx.provider = make_provider(settings)
+    ctx.generations = Generations(ctx.store, ctx.provider, ctx.presence)
+    ctx.limits = Limits(settings.max_running_per_user, settings.submissions_per_minute,
+                        ctx.generations.running_for)
+    ctx.generations.completion_hooks.append(_count_completion(ctx.metrics))
+    _register_gauges(ctx)
+    interrupted = await ctx.generations.interrupt_orphans()
+    if interrupted:
+        log.warning("ended %d answers left running by a previous process as interrupted", interrupted)
+    log.info("Chime listening on http://%s:%d, model %r (%s), data in %s", settings.host, settings.port,
+             settings.model_name, "offline demo" if settings.uses_demo_model else settings.openai_base_url
+             or "OpenAI", settings.data_dir.resolve())
+
+
+def _count_completion(metrics: Metrics):
+    def count(completion) -> None:
+        metrics.inc("chime_answers_total", help="Answers ended, by terminal status.", status=completion.status)
+    return count
+
+
+def _register_gauges(ctx: SimpleNamespace) -> None:
+    ctx.metrics.gauge("chime_running_answers", "Answers being generated.", lambda: ctx.generations.running)
+    ctx.metrics.gauge("chime_attached_readers", "Readers attached to a channel.", lambda: ctx.hub.readers)
+    ctx.metrics.gauge("chime_store_commits", "Group commits since start.", lambda: ctx.store.commits)
+    ctx.metrics.gauge("chime_store_committed_events", "Events committed since start.",
+                      lambda: ctx.store.committed_events)
+
+
+async def stop_streams(app: Sanic) -> None:
+    """Running answers get a grace period, then end as interrupted; then every stream ends."""
+    ctx = app.ctx
+    ctx.stopping = True
+    if hasattr(ctx, "generations"):
+        await ctx.generations.shutdown(ctx.settings.shutdown_grace_s)
+    if hasattr(ctx, "hub"):
+        ctx.hub.shutdown()
+
+
+async def close_services(app: Sanic) -> None:
+    ctx = app.ctx
+    if hasattr(ctx, "provider"):
+        await ctx.provider.close()
+    if hasattr(ctx, "store"):
+        await ctx.store.close()
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"chime: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    app.run(host=settings.host, port=settings.port, single_process=True, access_log=False, motd=False)
+
+
+if __name__ == "__main__":
+    main()

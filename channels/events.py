@@ -1,0 +1,79 @@
+"""Channel events and their wire encodings.
+
+An event's JSON is serialised once, when it is made; its SSE and WebSocket
+frames are built at most once and then shared by every reader.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+META = "meta"
+DELTA = "delta"
+USAGE = "usage"
+DONE = "done"
+ERROR = "error"
+CANCELLED = "cancelled"
+INTERRUPTED = "interrupted"
+
+TERMINAL_TYPES = frozenset({DONE, ERROR, CANCELLED, INTERRUPTED})
+EVENT_TYPES = frozenset({META, DELTA, USAGE}) | TERMINAL_TYPES
+
+KEEPALIVE_SSE = b": keepalive\n\n"
+
+
+class Event:
+    """One entry of a channel's log: ``id`` is 1..n per channel, no gaps."""
+
+    __slots__ = ("channel", "id", "type", "data_json", "_sse", "_ws")
+
+    def __init__(self, channel: str, id: int, type: str, data_json: bytes):
+        self.channel = channel
+        self.id = id
+        self.type = type
+        self.data_json = data_json
+        self._sse: bytes | None = None
+        self._ws: str | None = None
+
+    @classmethod
+    def make(cls, channel: str, id: int, type: str, data: dict[str, Any]) -> "Event":
+        return cls(channel, id, type, orjson.dumps(data))
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return orjson.loads(self.data_json)
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+    def sse(self) -> bytes:
+        if self._sse is None:
+            self._sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.id, self.type.encode(), self.data_json)
+        return self._sse
+
+    def ws(self) -> str:
+        if self._ws is None:
+            self._ws = '{"id":%d,"event":"%s","data":%s}' % (self.id, self.type, self.data_json.decode())
+        return self._ws
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "event": self.type, "data": self.data}
+
+    def __repr__(self) -> str:
+        return f"Event({self.channel!r}, {self.id}, {self.type!r}, {self.data_json!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Event) and (self.channel, self.id, self.type, self.data_json)
+                == (other.channel, other.id, other.type, other.data_json))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def sse_batch(events: list[Event]) -> bytes:
+    """Several pending events as one write."""
+    if len(events) == 1:
+        return events[0].sse()
+    return b"".join(event.sse() for event in events)

@@ -1,0 +1,424 @@
+"""SQLite implementation of the ``Store`` contract, through aiosqlite.
+
+Writes of events go through one writer task (group commit): it takes every
+event that arrived while the previous commit ran, writes them in one
+transaction, commits, then tells ``on_commit``. Reads use a second connection,
+so in WAL mode they see exactly what is committed and never wait for a writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import aiosqlite
+import orjson
+
+from channels.events import DELTA, TERMINAL_TYPES, USAGE, Event
+from channels.store import (
+    ChannelClosed,
+    ChannelRecord,
+    CommitListener,
+    ConversationRecord,
+    MessageRecord,
+    PushSubscription,
+    UnknownChannel,
+    utc_now,
+)
+
+log = logging.getLogger("chime.store")
+
+# Numbered migrations: index + 1 is the schema version (PRAGMA user_version).
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE users (
+        id          TEXT PRIMARY KEY,
+        token_hash  TEXT NOT NULL UNIQUE,
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE conversations (
+        id          TEXT PRIMARY KEY,
+        user_id     TEXT NOT NULL REFERENCES users(id),
+        title       TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        touched     INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX conversations_by_user ON conversations (user_id, updated_at DESC, touched DESC);
+    CREATE TABLE channels (
+        id               TEXT PRIMARY KEY,
+        user_id          TEXT NOT NULL REFERENCES users(id),
+        conversation_id  TEXT NOT NULL REFERENCES conversations(id),
+        model            TEXT NOT NULL,
+        status           TEXT NOT NULL DEFAULT 'running',
+        created_at       TEXT NOT NULL,
+        finished_at      TEXT,
+        usage            TEXT
+    );
+    CREATE INDEX channels_running ON channels (status) WHERE status = 'running';
+    CREATE INDEX channels_by_conversation ON channels (conversation_id);
+    CREATE TABLE events (
+        channel  TEXT NOT NULL,
+        id       INTEGER NOT NULL,
+        type     TEXT NOT NULL,
+        data     BLOB NOT NULL,
+        PRIMARY KEY (channel, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE messages (
+        seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation_id  TEXT NOT NULL REFERENCES conversations(id),
+        role             TEXT NOT NULL,
+        content          TEXT NOT NULL,
+        channel          TEXT,
+        status           TEXT NOT NULL,
+        created_at       TEXT NOT NULL
+    );
+    CREATE INDEX messages_by_conversation ON messages (conversation_id, seq);
+    CREATE INDEX messages_by_channel ON messages (channel) WHERE channel IS NOT NULL;
+    CREATE TABLE push_subscriptions (
+        endpoint    TEXT PRIMARY KEY,
+        user_id     TEXT NOT NULL REFERENCES users(id),
+        p256dh      TEXT NOT NULL,
+        auth        TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    CREATE INDEX push_subscriptions_by_user ON push_subscriptions (user_id);
+    """,
+)
+
+SQL_INSERT_EVENT = "INSERT INTO events (channel, id, type, data) VALUES (?, ?, ?, ?)"
+SQL_SET_USAGE = "UPDATE channels SET usage = ? WHERE id = ?"
+SQL_FINISH_CHANNEL = "UPDATE channels SET status = ?, finished_at = ? WHERE id = ?"
+SQL_DELTAS = "SELECT data FROM events WHERE channel = ? AND type = 'delta' ORDER BY id"
+SQL_FINISH_MESSAGE = "UPDATE messages SET content = ?, status = ? WHERE channel = ? AND role = 'assistant'"
+SQL_READ_AFTER = "SELECT id, type, data FROM events WHERE channel = ? AND id > ? ORDER BY id LIMIT ?"
+SQL_LAST_ID = "SELECT COALESCE(MAX(id), 0) FROM events WHERE channel = ?"
+SQL_CHANNEL = """
+    SELECT c.id, c.user_id, c.conversation_id, c.model, c.status, c.created_at, c.finished_at, c.usage,
+           (SELECT COALESCE(MAX(e.id), 0) FROM events e WHERE e.channel = c.id)
+    FROM channels c WHERE c.id = ?
+"""
+SQL_CHANNEL_STATUS = "SELECT status FROM channels WHERE id = ?"
+
+# Each commit takes at most this many events, so one huge backlog cannot hold
+# every waiting writer for a single long transaction.
+MAX_BATCH_EVENTS = 4096
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: Event
+    future: asyncio.Future[None] | None
+
+
+class _ChannelLog:
+    """What the writer knows of a channel it is appending to."""
+
+    __slots__ = ("next_id", "closed")
+
+    def __init__(self, next_id: int, closed: bool):
+        self.next_id = next_id
+        self.closed = closed
+
+
+class SQLiteStore:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.on_commit: CommitListener | None = None
+        self._writer_db: aiosqlite.Connection | None = None
+        self._reader_db: aiosqlite.Connection | None = None
+        self._logs: dict[str, _ChannelLog] = {}
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        # One transaction at a time on the writer connection: the group commit
+        # and the occasional record write must not interleave their statements.
+        self._write_lock = asyncio.Lock()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.commits = 0
+        self.committed_events = 0
+
+    # ---- lifecycle -------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer_db = await self._connect()
+        await self._migrate(self._writer_db)
+        self._reader_db = await self._connect()
+        self._wake = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._writer_task = asyncio.get_running_loop().create_task(self._write_loop(), name="chime-store-writer")
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._writer_task is not None:
+            await self._writer_task
+            self._writer_task = None
+        for db in (self._reader_db, self._writer_db):
+            if db is not None:
+                await db.close()
+        self._reader_db = self._writer_db = None
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode: a commit survives a crash of the process; only a
+        # power loss can take back the last transactions.
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        await db.execute("PRAGMA busy_timeout = 5000")
+        return db
+
+    @staticmethod
+    async def _migrate(db: aiosqlite.Connection) -> None:
+        async with db.execute("PRAGMA user_version") as cursor:
+            (version,) = await cursor.fetchone()  # type: ignore[misc]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(f"database schema version {version} is newer than this Chime ({len(MIGRATIONS)})")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+            log.info("database migrated to schema version %d", number)
+
+    @property
+    def _w(self) -> aiosqlite.Connection:
+        assert self._writer_db is not None, "store is not open"
+        return self._writer_db
+
+    @property
+    def _r(self) -> aiosqlite.Connection:
+        assert self._reader_db is not None, "store is not open"
+        return self._reader_db
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(await self._r.execute_fetchall(sql, params))
+
+    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def _write(self, *statements: tuple[str, Sequence[Any]]) -> int:
+        return await self._write_transaction(list(statements))
+
+    async def _write_transaction(self, statements: list[tuple[str, Sequence[Any]]]) -> int:
+        """Run statements in one transaction; returns the rows the last one changed."""
+        async with self._write_lock:
+            db = self._w
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                changed = 0
+                for sql, params in statements:
+                    changed = (await db.execute(sql, params)).rowcount
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+            return changed
+
+    # ---- users -----------------------------------------------------------
+
+    async def create_user(self, user_id: str, token_hash: str) -> None:
+        await self._write(("INSERT INTO users (id, token_hash, created_at) VALUES (?, ?, ?)",
+                           (user_id, token_hash, utc_now())))
+
+    async def user_for_token_hash(self, token_hash: str) -> str | None:
+        row = await self._fetchone("SELECT id FROM users WHERE token_hash = ?", (token_hash,))
+        return row[0] if row else None
+
+    # ---- conversations ---------------------------------------------------
+
+    async def create_conversation(self, conversation_id: str, user_id: str, title: str) -> ConversationRecord:
+        now = utc_now()
+        await self._write(("INSERT INTO conversations (id, user_id, title, created_at, updated_at, touched) "
+                           "VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(touched), 0) + 1 FROM conversations))",
+                           (conversation_id, user_id, title, now, now)))
+        return ConversationRecord(conversation_id, user_id, title, now, now)
+
+    async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
+        row = await self._fetchone("SELECT id, user_id, title, created_at, updated_at FROM conversations "
+                                   "WHERE id = ?", (conversation_id,))
+        return ConversationRecord(*row) if row else None
+
+    async def list_conversations(self, user_id: str) -> list[ConversationRecord]:
+        rows = await self._fetchall("SELECT id, user_id, title, created_at, updated_at FROM conversations "
+                                    "WHERE user_id = ? ORDER BY updated_at DESC, touched DESC", (user_id,))
+        return [ConversationRecord(*row) for row in rows]
+
+    async def delete_conversation(self, conversation_id: str) -> list[str]:
+        channels = [row[0] for row in await self._fetchall(
+            "SELECT id FROM channels WHERE conversation_id = ?", (conversation_id,))]
+        statements: list[tuple[str, Sequence[Any]]] = [
+            (f"DELETE FROM events WHERE channel IN ({','.join('?' * len(channels))})", channels),
+        ] if channels else []
+        statements += [
+            ("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,)),
+            ("DELETE FROM channels WHERE conversation_id = ?", (conversation_id,)),
+            ("DELETE FROM conversations WHERE id = ?", (conversation_id,)),
+        ]
+        await self._flush_channels(set(channels))
+        await self._write_transaction(statements)
+        for channel in channels:
+            log_ = self._logs.get(channel)
+            if log_ is not None:
+                log_.closed = True
+        return channels
+
+    async def add_turn(self, conversation_id: str, user_message: str, channel_id: str) -> None:
+        now = utc_now()
+        await self._write(
+            ("INSERT INTO messages (conversation_id, role, content, channel, status, created_at) "
+             "VALUES (?, 'user', ?, ?, 'done', ?)", (conversation_id, user_message, channel_id, now)),
+            ("INSERT INTO messages (conversation_id, role, content, channel, status, created_at) "
+             "VALUES (?, 'assistant', '', ?, 'running', ?)", (conversation_id, channel_id, now)),
+            ("UPDATE conversations SET updated_at = ?, "
+             "touched = (SELECT COALESCE(MAX(touched), 0) + 1 FROM conversations) WHERE id = ?",
+             (now, conversation_id)),
+        )
+
+    async def messages(self, conversation_id: str) -> list[MessageRecord]:
+        rows = await self._fetchall("SELECT role, content, channel, status, created_at FROM messages "
+                                    "WHERE conversation_id = ? ORDER BY seq", (conversation_id,))
+        return [MessageRecord(*row) for row in rows]
+
+    # ---- channels --------------------------------------------------------
+
+    async def create_channel(self, channel_id: str, user_id: str, conversation_id: str, model: str) -> Event:
+        await self._write(("INSERT INTO channels (id, user_id, conversation_id, model, status, created_at) "
+                           "VALUES (?, ?, ?, ?, 'running', ?)", (channel_id, user_id, conversation_id, model,
+                                                                  utc_now())))
+        self._logs[channel_id] = _ChannelLog(1, False)
+        return await self.append(channel_id, "meta", {
+            "channel": channel_id, "conversation_id": conversation_id, "model": model})
+
+    async def get_channel(self, channel_id: str) -> ChannelRecord | None:
+        row = await self._fetchone(SQL_CHANNEL, (channel_id,))
+        if row is None:
+            return None
+        usage = orjson.loads(row[7]) if row[7] else None
+        return ChannelRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], usage, row[8])
+
+    async def read_after(self, channel_id: str, after: int, limit: int = 1000) -> list[Event]:
+        rows = await self._r.execute_fetchall(SQL_READ_AFTER, (channel_id, after, limit))
+        return [Event(channel_id, id_, type_, data) for id_, type_, data in rows]
+
+    async def channel_content(self, channel_id: str) -> str:
+        rows = await self._r.execute_fetchall(SQL_DELTAS, (channel_id,))
+        return "".join(orjson.loads(data)["content"] for (data,) in rows)
+
+    async def running_channels(self) -> list[str]:
+        return [row[0] for row in await self._fetchall("SELECT id FROM channels WHERE status = 'running'")]
+
+    # ---- appending: the group commit -------------------------------------
+
+    async def append(self, channel_id: str, type: str, data: dict[str, Any]) -> Event:
+        log_ = self._logs.get(channel_id)
+        if log_ is None:
+            log_ = await self._load_log(channel_id)
+        if log_.closed:
+            raise ChannelClosed(channel_id)
+        event = Event.make(channel_id, log_.next_id, type, data)
+        log_.next_id += 1
+        if type in TERMINAL_TYPES:
+            log_.closed = True
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(event, future))
+        self._wake.set()
+        await future
+        return event
+
+    async def _load_log(self, channel_id: str) -> _ChannelLog:
+        row = await self._fetchone(SQL_CHANNEL_STATUS, (channel_id,))
+        if row is None:
+            raise UnknownChannel(channel_id)
+        (last_id,) = await self._fetchone(SQL_LAST_ID, (channel_id,))
+        # Another append may have loaded it while this one waited.
+        return self._logs.setdefault(channel_id, _ChannelLog(last_id + 1, row[0] != "running"))
+
+    async def _flush_channels(self, channels: set[str]) -> None:
+        """Wait until every pending event of these channels is committed."""
+        waiting = [p.future for p in self._pending if p.event.channel in channels and p.future]
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[:MAX_BATCH_EVENTS]
+                del self._pending[:MAX_BATCH_EVENTS]
+                await self._commit(batch)
+            if self._closing:
+                return
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        events = [p.event for p in batch]
+        try:
+            await self._write_events(events)
+        except Exception as exc:  # the disk is full, the file is gone: fail the batch, not the server
+            log.exception("commit of %d events failed", len(events))
+            for channel in {e.channel for e in events}:
+                self._logs.pop(channel, None)  # reload the true next id from the database
+            for p in batch:
+                if p.future and not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        self.commits += 1
+        self.committed_events += len(events)
+        if self.on_commit is not None:
+            try:
+                self.on_commit(events)
+            except Exception:
+                log.exception("on_commit listener failed")
+        for p in batch:
+            if p.future and not p.future.done():
+                p.future.set_result(None)
+        for event in events:
+            if event.terminal:
+                self._logs.pop(event.channel, None)
+
+    async def _write_events(self, events: list[Event]) -> None:
+        async with self._write_lock:
+            db = self._w
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.executemany(SQL_INSERT_EVENT, [(e.channel, e.id, e.type, e.data_json) for e in events])
+                for event in events:
+                    if event.type == USAGE:
+                        await db.execute(SQL_SET_USAGE, (event.data_json, event.channel))
+                    elif event.type in TERMINAL_TYPES:
+                        await self._finish_in_transaction(db, event)
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    @staticmethod
+    async def _finish_in_transaction(db: aiosqlite.Connection, event: Event) -> None:
+        rows = await db.execute_fetchall(SQL_DELTAS, (event.channel,))
+        content = "".join(orjson.loads(data)["content"] for (data,) in rows)
+        await db.execute(SQL_FINISH_CHANNEL, (event.type, utc_now(), event.channel))
+        await db.execute(SQL_FINISH_MESSAGE, (content, event.type, event.channel))
+
+    # ---- push subscriptions ---------------------------------------------
+
+    async def save_subscription(self, user_id: str, endpoint: str, p256dh: str, auth: str) -> None:
+        await self._write(("INSERT INTO push_subscriptions (endpoint, user_id, p256dh, auth, created_at) "
+                           "VALUES (?, ?, ?, ?, ?) ON CONFLICT (endpoint) DO UPDATE SET "
+                           "user_id = excluded.user_id, p256dh = excluded.p256dh, auth = excluded.auth, "
+                           "created_at = excluded.created_at", (endpoint, user_id, p256dh, auth, utc_now())))
+
+    async def delete_subscription(self, endpoint: str, user_id: str | None = None) -> bool:
+        if user_id is None:
+            statement = ("DELETE FROM push_subscriptions WHERE endpoint = ?", (endpoint,))
+        else:
+            statement = ("DELETE FROM push_subscriptions WHERE endpoint = ? AND user_id = ?", (endpoint, user_id))
+        return await self._write(statement) > 0
+
+    async def subscriptions_for(self, user_id: str) -> list[PushSubscription]:
+        rows = await self._fetchall("SELECT user_id, endpoint, p256dh, auth, created_at FROM push_subscriptions "
+                                    "WHERE user_id = ? ORDER BY created_at", (user_id,))
+        return [PushSubscription(*row) for row in rows]

@@ -1,0 +1,127 @@
+"""The storage seam: every durable fact of Chime goes through a ``Store``.
+
+Contract, for every implementation (``tests/channels/test_store_contract.py``
+runs the same suite against each):
+
+- A channel's events have ids 1..n with no gaps, whatever the concurrency of
+  appends; the ``meta`` event is id 1, written by ``create_channel``.
+- ``append`` returns only once the event is durable (committed). Only then may
+  readers be told of it: the store calls its ``on_commit`` callback with each
+  committed batch, after the commit and never before.
+- A channel ends with exactly one terminal event, its last: appending after a
+  terminal event raises ``ChannelClosed``. The terminal event's commit also sets
+  the channel's status and ``finished_at`` and stores the joined answer as the
+  conversation's assistant message.
+- ``read_after(channel, after)`` returns committed events with ``id > after``
+  in id order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Protocol, Sequence
+
+from channels.events import Event
+
+CommitListener = Callable[[Sequence[Event]], None]
+
+
+class ChannelClosed(Exception):
+    """The channel already has its terminal event."""
+
+
+class UnknownChannel(Exception):
+    """No channel with that id exists."""
+
+
+def utc_now() -> str:
+    """An ISO 8601 UTC timestamp with milliseconds, e.g. ``2026-01-02T03:04:05.678Z``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class ChannelRecord:
+    id: str
+    user_id: str
+    conversation_id: str
+    model: str
+    status: str
+    created_at: str
+    finished_at: str | None
+    usage: dict[str, Any] | None
+    last_event_id: int
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+@dataclass(frozen=True)
+class ConversationRecord:
+    id: str
+    user_id: str
+    title: str
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    role: str
+    content: str
+    channel: str | None
+    status: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class PushSubscription:
+    user_id: str
+    endpoint: str
+    p256dh: str
+    auth: str
+    created_at: str
+
+
+class Store(Protocol):
+    """Durable storage of users, conversations, channels, events and push subscriptions."""
+
+    on_commit: CommitListener | None
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # Users
+    async def create_user(self, user_id: str, token_hash: str) -> None: ...
+    async def user_for_token_hash(self, token_hash: str) -> str | None: ...
+
+    # Conversations and their messages
+    async def create_conversation(self, conversation_id: str, user_id: str, title: str) -> ConversationRecord: ...
+    async def get_conversation(self, conversation_id: str) -> ConversationRecord | None: ...
+    async def list_conversations(self, user_id: str) -> list[ConversationRecord]: ...
+    async def delete_conversation(self, conversation_id: str) -> list[str]:
+        """Delete a conversation with its messages, channels and events; returns the channel ids."""
+        ...
+    async def add_turn(self, conversation_id: str, user_message: str, channel_id: str) -> None:
+        """Record the user's message and a running assistant message tied to ``channel_id``;
+        moves the conversation to the top of its owner's list."""
+        ...
+    async def messages(self, conversation_id: str) -> list[MessageRecord]: ...
+
+    # Channels and events
+    async def create_channel(self, channel_id: str, user_id: str, conversation_id: str, model: str) -> Event:
+        """Create a running channel and append its ``meta`` event (id 1)."""
+        ...
+    async def get_channel(self, channel_id: str) -> ChannelRecord | None: ...
+    async def append(self, channel_id: str, type: str, data: dict[str, Any]) -> Event: ...
+    async def read_after(self, channel_id: str, after: int, limit: int = 1000) -> list[Event]: ...
+    async def channel_content(self, channel_id: str) -> str: ...
+    async def running_channels(self) -> list[str]: ...
+
+    # Push subscriptions
+    async def save_subscription(self, user_id: str, endpoint: str, p256dh: str, auth: str) -> None:
+        """Store a subscription; the same endpoint again replaces the old one (whoever owned it)."""
+        ...
+    async def delete_subscription(self, endpoint: str, user_id: str | None = None) -> bool: ...
+    async def subscriptions_for(self, user_id: str) -> list[PushSubscription]: ...

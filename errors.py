@@ -1,0 +1,142 @@
+"""The API's error catalog and the one handler that renders every error.
+
+Every error under ``/api/`` is ``{"error": {"code", "message"}}`` with a 4xx/5xx
+status: no stack traces and no HTML pages.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from sanic import HTTPResponse, Request, Sanic
+from sanic.exceptions import SanicException
+
+log = logging.getLogger("chime.errors")
+
+
+class ApiError(SanicException):
+    """An expected error with a stable ``code`` that clients can branch on."""
+
+    status_code = 400
+    code = "bad_request"
+    message = "The request could not be understood."
+    quiet = True
+
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None):
+        super().__init__(message or self.message, status_code=self.status_code, headers=headers)
+        self.message = message or self.message
+
+
+class InvalidJson(ApiError):
+    code = "invalid_json"
+    message = "The request body must be a JSON object."
+
+
+class InvalidMessage(ApiError):
+    code = "invalid_message"
+    message = "message must be a string of 1 to 32000 characters."
+
+
+class InvalidParameter(ApiError):
+    code = "invalid_parameter"
+
+
+class InvalidSubscription(ApiError):
+    code = "invalid_subscription"
+
+
+class Unauthenticated(ApiError):
+    status_code = 401
+    code = "unauthenticated"
+    message = "Sign in: send a valid bearer token or the chime_token cookie."
+
+
+class NotFound(ApiError):
+    status_code = 404
+    code = "not_found"
+    message = "Nothing here: it does not exist or is not yours."
+
+
+class MethodNotAllowed(ApiError):
+    status_code = 405
+    code = "method_not_allowed"
+    message = "This method is not allowed here."
+
+
+class AlreadyFinished(ApiError):
+    status_code = 409
+    code = "already_finished"
+    message = "The answer has already finished."
+
+
+class TooLarge(ApiError):
+    status_code = 413
+    code = "too_large"
+    message = "The request body is too large."
+
+
+class UnsupportedMediaType(ApiError):
+    status_code = 415
+    code = "unsupported_media_type"
+    message = "Send the body as application/json."
+
+
+class RateLimited(ApiError):
+    status_code = 429
+    code = "rate_limited"
+    message = "Too many requests: wait a moment and try again."
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 1):
+        super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after_s)))})
+
+
+class Unavailable(ApiError):
+    status_code = 503
+    code = "unavailable"
+    message = "The server is shutting down; try again in a moment."
+
+
+# Sanic's own exceptions, by status, mapped onto the catalog's codes.
+_SANIC_CODES = {
+    400: ("bad_request", "The request could not be understood."),
+    401: Unauthenticated,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: TooLarge,
+    415: UnsupportedMediaType,
+    429: RateLimited,
+    503: Unavailable,
+}
+
+
+def error_body(code: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message}})
+
+
+def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> HTTPResponse:
+    return HTTPResponse(error_body(code, message), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def render_error(request: Request, exc: Exception) -> HTTPResponse:
+    """The one handler: every exception becomes the API's JSON error body."""
+    if isinstance(exc, ApiError):
+        return json_error(exc.status_code, exc.code, exc.message, dict(exc.headers or {}))
+    if isinstance(exc, SanicException):
+        status = exc.status_code
+        known = _SANIC_CODES.get(status)
+        if isinstance(known, type):
+            code, message = known.code, known.message
+        elif known:
+            code, message = known
+        else:
+            code, message = ("error", "The request failed.") if status < 500 else (
+                "internal_error", "Something went wrong on the server.")
+        return json_error(status, code, message, dict(exc.headers or {}))
+    log.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return json_error(500, "internal_error", "Something went wrong on the server.")
+
+
+def install(app: Sanic) -> None:
+    app.error_handler.add(Exception, render_error)

@@ -1,0 +1,42 @@
+"""The model provider seam: what a generation needs from a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One piece of a streamed answer: text, and/or usage, and/or the finish reason."""
+
+    content: str = ""
+    usage: dict[str, Any] | None = None
+    finish_reason: str | None = None
+
+
+class ModelError(Exception):
+    """A failure the user should read: ``code`` and ``message`` go into the ``error`` event.
+
+    The message never carries the API key or internals.
+    """
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
+class Provider(Protocol):
+    name: str
+
+    def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[Chunk]:
+        """Stream the answer to ``messages`` (OpenAI chat format, system prompt first).
+
+        Closing the iterator (or cancelling its consumer) must close the
+        upstream request promptly.
+        """
+        ...
+
+    async def close(self) -> None: ...

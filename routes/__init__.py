@@ -1,0 +1,7 @@
+"""One blueprint per area of the API."""
+
+from sanic import Blueprint
+
+from routes import channels, chat, conversations, health, pages, streams
+
+api = Blueprint.group(chat.bp, streams.bp, channels.bp, conversations.bp, health.bp, pages.bp)

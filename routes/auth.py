@@ -1,0 +1,88 @@
+"""Identity: anonymous users holding bearer tokens (stored only as hashes)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sanic import HTTPResponse, Request
+
+from channels.store import Store
+from errors import Unauthenticated
+
+COOKIE = "chime_token"
+COOKIE_MAX_AGE_S = 400 * 24 * 3600
+
+
+def new_id() -> str:
+    """An opaque, URL-safe id with 128 random bits."""
+    return secrets.token_urlsafe(16)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def presented_token(request: Request, *, allow_query: bool = False) -> str | None:
+    """The token the request carries: bearer header, else cookie, else (streams only) query."""
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("The Authorization header must be 'Bearer <token>'.")
+        return token.strip()
+    cookie = request.cookies.get(COOKIE)
+    if cookie:
+        return cookie
+    if allow_query:
+        return request.args.get("access_token") or None
+    return None
+
+
+async def user_for(request: Request, *, allow_query: bool = False) -> str | None:
+    """The user the request identifies; None without identity; 401 for an unknown token."""
+    token = presented_token(request, allow_query=allow_query)
+    if token is None:
+        return None
+    user_id = await request.app.ctx.users.lookup(token)
+    if user_id is None:
+        raise Unauthenticated("Unknown token: make a new user with POST /api/users.")
+    return user_id
+
+
+async def require_user(request: Request, *, allow_query: bool = False) -> str:
+    user_id = await user_for(request, allow_query=allow_query)
+    if user_id is None:
+        raise Unauthenticated()
+    return user_id
+
+
+def set_cookie(response: HTTPResponse, token: str, secure: bool) -> None:
+    response.add_cookie(COOKIE, token, httponly=True, samesite="Lax", path="/",
+                        max_age=COOKIE_MAX_AGE_S, secure=secure)
+
+
+class Users:
+    """Creates users and resolves tokens, with a bounded cache of known tokens."""
+
+    CACHE_ENTRIES = 10_000
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._cache: dict[str, str] = {}
+
+    async def create(self) -> tuple[str, str]:
+        user_id, token = new_id(), secrets.token_urlsafe(32)
+        await self.store.create_user(user_id, hash_token(token))
+        return user_id, token
+
+    async def lookup(self, token: str) -> str | None:
+        hashed = hash_token(token)
+        user_id = self._cache.get(hashed)
+        if user_id is None:
+            user_id = await self.store.user_for_token_hash(hashed)
+            if user_id is not None:
+                if len(self._cache) >= self.CACHE_ENTRIES:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[hashed] = user_id
+        return user_id

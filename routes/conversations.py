@@ -1,0 +1,55 @@
+"""Conversations: list, read, delete."""
+
+from __future__ import annotations
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, empty, json
+
+from channels.store import ConversationRecord
+from errors import NotFound
+from routes.auth import require_user
+
+bp = Blueprint("conversations")
+
+
+async def owned_conversation(request: Request, conversation_id: str) -> ConversationRecord:
+    user_id = await require_user(request)
+    conversation = await request.app.ctx.store.get_conversation(conversation_id)
+    if conversation is None or conversation.user_id != user_id:
+        raise NotFound("No such conversation.")
+    return conversation
+
+
+@bp.get("/api/conversations")
+async def list_conversations(request: Request) -> HTTPResponse:
+    user_id = await require_user(request)
+    conversations = await request.app.ctx.store.list_conversations(user_id)
+    return json({"conversations": [
+        {"id": c.id, "title": c.title, "updated_at": c.updated_at, "created_at": c.created_at}
+        for c in conversations]})
+
+
+@bp.get("/api/conversations/<conversation_id:str>")
+async def get_conversation(request: Request, conversation_id: str) -> HTTPResponse:
+    store = request.app.ctx.store
+    conversation = await owned_conversation(request, conversation_id)
+    messages = []
+    for m in await store.messages(conversation.id):
+        running = m.role == "assistant" and m.status == "running"
+        content = await store.channel_content(m.channel) if running and m.channel else m.content
+        messages.append({"role": m.role, "content": content, "channel": m.channel,
+                         "created_at": m.created_at, "status": m.status})
+    return json({"id": conversation.id, "title": conversation.title, "created_at": conversation.created_at,
+                 "updated_at": conversation.updated_at, "messages": messages})
+
+
+@bp.delete("/api/conversations/<conversation_id:str>")
+async def delete_conversation(request: Request, conversation_id: str) -> HTTPResponse:
+    ctx = request.app.ctx
+    conversation = await owned_conversation(request, conversation_id)
+    for m in await ctx.store.messages(conversation.id):
+        if m.role == "assistant" and m.status == "running" and m.channel:
+            await ctx.generations.stop(m.channel, wait=True)
+    for channel in await ctx.store.delete_conversation(conversation.id):
+        ctx.hub.forget(channel)
+    return empty(status=204)

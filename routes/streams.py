@@ -1,0 +1,165 @@
+"""Reading a channel: SSE, WebSocket and JSON polling.
+
+All three run the same replay-then-live reader and differ only in how they
+encode an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+from sanic import Blueprint, Request
+from sanic.exceptions import WebsocketClosed
+from sanic.response import HTTPResponse, empty, json
+
+from channels.events import KEEPALIVE_SSE, sse_batch
+from channels.reader import read_once, replay_then_live
+from channels.store import ChannelRecord
+from errors import ApiError, InvalidParameter, NotFound
+from routes.auth import require_user, set_cookie
+from routes.params import bounded_number, non_negative_int
+
+log = logging.getLogger("chime.streams")
+
+bp = Blueprint("streams")
+
+SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+
+# WebSocket close codes (API.md): an ApiError's status maps onto 4000 + status.
+WS_CLOSE_NORMAL = 1000
+WS_CLOSE_GOING_AWAY = 1001
+
+POLL_MAX_WAIT_S = 30.0
+
+
+def accepts_event_stream(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+async def owned_channel(request: Request, channel_id: str, user_id: str) -> ChannelRecord:
+    record = await request.app.ctx.store.get_channel(channel_id)
+    if record is None or record.user_id != user_id:
+        raise NotFound("No such channel.")
+    return record
+
+
+def resume_point(request: Request) -> int:
+    """``Last-Event-ID`` header, else ``last_event_id`` query; none means from the start."""
+    header = request.headers.get("last-event-id")
+    if header is not None:
+        return non_negative_int(header, "Last-Event-ID") or 0
+    return non_negative_int(request.args.get("last_event_id"), "last_event_id") or 0
+
+
+def finished_at_or_before(record: ChannelRecord, after: int) -> bool:
+    return not record.running and after >= record.last_event_id
+
+
+# ---- SSE -----------------------------------------------------------------
+
+@bp.get("/api/channels/<channel_id:str>/events")
+async def sse(request: Request, channel_id: str) -> HTTPResponse | None:
+    user_id = await require_user(request, allow_query=True)
+    after = resume_point(request)
+    record = await owned_channel(request, channel_id, user_id)
+    if finished_at_or_before(record, after):
+        return empty(status=204)
+    await stream_sse(request, record.id, after)
+    return None
+
+
+async def stream_sse(request: Request, channel: str, after: int, token: str | None = None) -> None:
+    ctx = request.app.ctx
+    response = await request.respond(content_type=SSE_CONTENT_TYPE, headers=SSE_HEADERS)
+    if token is not None:
+        set_cookie(response, token, secure=request.scheme == "https")
+    reader = ctx.presence.attach(channel)
+    ctx.metrics.inc("chime_stream_readers_total", help="Readers attached to channels.", transport="sse")
+    try:
+        await response.send(b"retry: %d\n\n" % ctx.settings.sse_retry_ms)
+        async for batch in replay_then_live(ctx.store, ctx.hub, channel, after, ctx.settings.keepalive_s):
+            await response.send(sse_batch(batch) if batch else KEEPALIVE_SSE)
+    finally:
+        ctx.presence.detach(reader)
+    await response.eof()
+
+
+# ---- WebSocket -------------------------------------------------------------
+
+@bp.websocket("/api/channels/<channel_id:str>/ws")
+async def websocket(request: Request, ws, channel_id: str) -> None:
+    ctx = request.app.ctx
+    try:
+        user_id = await require_user(request, allow_query=True)
+        after = resume_point(request)
+        record = await owned_channel(request, channel_id, user_id)
+    except ApiError as exc:
+        await ws.close(code=4000 + exc.status_code, reason=exc.message[:120])
+        return
+    if finished_at_or_before(record, after):
+        await ws.close(code=WS_CLOSE_NORMAL, reason="finished")
+        return
+    reader = ctx.presence.attach(channel_id)
+    ctx.metrics.inc("chime_stream_readers_total", help="Readers attached to channels.", transport="ws")
+    listener = asyncio.get_running_loop().create_task(
+        _listen(ctx, ws, channel_id, reader), name=f"chime-ws-listen-{channel_id}")
+    try:
+        async for batch in replay_then_live(ctx.store, ctx.hub, channel_id, after, None):
+            for event in batch:
+                await ws.send(event.ws())
+        await ws.close(code=WS_CLOSE_GOING_AWAY if ctx.hub.shutting_down else WS_CLOSE_NORMAL)
+    except (asyncio.CancelledError, WebsocketClosed):
+        pass  # the client went away
+    finally:
+        listener.cancel()
+        ctx.presence.detach(reader)
+
+
+async def _listen(ctx, ws, channel: str, reader) -> None:
+    """Client frames: ``{"type": "cancel"}`` and ``{"type": "presence", "visible": bool}``."""
+    try:
+        while True:
+            frame = await ws.recv()
+            if frame is None:
+                return
+            try:
+                message = orjson.loads(frame)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(message, dict):
+                continue
+            kind = message.get("type")
+            if kind == "cancel":
+                await ctx.generations.stop(channel)
+            elif kind == "presence" and isinstance(message.get("visible"), bool):
+                ctx.presence.report(channel, message["visible"], reader)
+    except (asyncio.CancelledError, WebsocketClosed):
+        return
+    except Exception:
+        log.exception("reading a WebSocket frame failed")
+
+
+# ---- polling -----------------------------------------------------------------
+
+@bp.get("/api/channels/<channel_id:str>/events.json")
+async def poll(request: Request, channel_id: str) -> HTTPResponse:
+    ctx = request.app.ctx
+    user_id = await require_user(request)
+    after = non_negative_int(request.args.get("after"), "after") or 0
+    wait_s = bounded_number(request.args.get("wait"), "wait", 0, POLL_MAX_WAIT_S, 0)
+    record = await owned_channel(request, channel_id, user_id)
+    if finished_at_or_before(record, after):
+        events = []
+    else:
+        events = await read_once(ctx.store, ctx.hub, record.id, after, wait_s)
+    last_event_id = events[-1].id if events else after
+    if events:
+        finished = events[-1].terminal
+    else:
+        latest = await ctx.store.get_channel(record.id)
+        finished = latest is not None and finished_at_or_before(latest, after)
+    return json({"events": [event.as_dict() for event in events],
+                 "last_event_id": last_event_id, "finished": finished})

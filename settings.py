@@ -1,0 +1,152 @@
+"""Chime's configuration: read once from the environment into a frozen object.
+
+Every knob is an environment variable (listed in the README). Tests build
+``Settings(...)`` directly; nothing reads ``os.environ`` after start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+DEMO_MODEL = "demo"
+
+
+class SettingsError(ValueError):
+    """A configuration value that cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("./data")
+
+    # The model. With neither a key nor a base URL, the offline demo model answers.
+    openai_base_url: str | None = None
+    openai_api_key: str | None = None
+    model: str = ""
+    system_prompt: str = "You are a helpful assistant."
+    temperature: float | None = None
+    max_tokens: int | None = None
+    history_budget_chars: int = 24_000
+    demo_delay_ms: float = 30.0
+    model_stall_s: float = 60.0
+    model_connect_timeout_s: float = 10.0
+    model_retries: int = 3
+    model_retry_base_s: float = 0.5
+
+    # Streams.
+    keepalive_s: float = 15.0
+    sse_retry_ms: int = 2_000
+    max_body_bytes: int = 1_048_576
+    shutdown_grace_s: float = 5.0
+
+    # Per-user limits.
+    max_running_per_user: int = 4
+    submissions_per_minute: int = 30
+
+    # Web Push.
+    push_allow_private: bool = False
+    vapid_subject: str = "mailto:admin@chime.invalid"
+    push_ttl_s: int = 86_400
+
+    log_level: str = "INFO"
+
+    @property
+    def uses_demo_model(self) -> bool:
+        return not (self.openai_api_key or self.openai_base_url)
+
+    @property
+    def model_name(self) -> str:
+        """The model that answers: ``demo`` offline, else CHIME_MODEL."""
+        if self.uses_demo_model:
+            return self.model or DEMO_MODEL
+        return self.model or "gpt-4o-mini"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "chime.sqlite3"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, (var, cast) in _ENVIRONMENT.items():
+            raw = env.get(var)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[name] = cast(raw.strip())
+            except (TypeError, ValueError) as exc:
+                raise SettingsError(f"{var}={raw!r} is not valid: {exc}") from None
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = ("port", "keepalive_s", "sse_retry_ms", "max_body_bytes",
+                    "history_budget_chars", "model_stall_s", "model_connect_timeout_s",
+                    "max_running_per_user", "submissions_per_minute", "push_ttl_s")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_var(name)} must be greater than 0")
+        for name in ("demo_delay_ms", "shutdown_grace_s", "model_retries", "model_retry_base_s"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{_var(name)} must not be negative")
+        if not 0 < self.port < 65_536:
+            raise SettingsError("CHIME_PORT must be between 1 and 65535")
+        if not self.vapid_subject.startswith(("mailto:", "https://")):
+            raise SettingsError("CHIME_VAPID_SUBJECT must start with mailto: or https://")
+        if self.push_ttl_s < 3_600:
+            raise SettingsError("CHIME_PUSH_TTL_S must be at least 3600 (one hour)")
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _str(raw: str) -> str:
+    return raw
+
+
+_ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "host": ("CHIME_HOST", _str),
+    "port": ("CHIME_PORT", int),
+    "data_dir": ("CHIME_DATA_DIR", Path),
+    "openai_base_url": ("OPENAI_BASE_URL", _str),
+    "openai_api_key": ("OPENAI_API_KEY", _str),
+    "model": ("CHIME_MODEL", _str),
+    "system_prompt": ("CHIME_SYSTEM_PROMPT", _str),
+    "temperature": ("CHIME_TEMPERATURE", float),
+    "max_tokens": ("CHIME_MAX_TOKENS", int),
+    "history_budget_chars": ("CHIME_HISTORY_BUDGET_CHARS", int),
+    "demo_delay_ms": ("CHIME_DEMO_DELAY_MS", float),
+    "model_stall_s": ("CHIME_MODEL_STALL_S", float),
+    "model_connect_timeout_s": ("CHIME_MODEL_CONNECT_TIMEOUT_S", float),
+    "model_retries": ("CHIME_MODEL_RETRIES", int),
+    "model_retry_base_s": ("CHIME_MODEL_RETRY_BASE_S", float),
+    "keepalive_s": ("CHIME_KEEPALIVE_S", float),
+    "sse_retry_ms": ("CHIME_SSE_RETRY_MS", int),
+    "max_body_bytes": ("CHIME_MAX_BODY_BYTES", int),
+    "shutdown_grace_s": ("CHIME_SHUTDOWN_GRACE_S", float),
+    "max_running_per_user": ("CHIME_MAX_RUNNING_PER_USER", int),
+    "submissions_per_minute": ("CHIME_SUBMISSIONS_PER_MINUTE", int),
+    "push_allow_private": ("CHIME_PUSH_ALLOW_PRIVATE", _bool),
+    "vapid_subject": ("CHIME_VAPID_SUBJECT", _str),
+    "push_ttl_s": ("CHIME_PUSH_TTL_S", int),
+    "log_level": ("CHIME_LOG_LEVEL", str.upper),
+}
+
+assert set(_ENVIRONMENT) == {f.name for f in fields(Settings)}
+
+
+def _var(name: str) -> str:
+    return _ENVIRONMENT[name][0]

@@ -34,6 +34,8 @@ async def replay_then_live(store: Store, hub: Hub, channel: str, after: int,
                 continue
             if feed.closed and not feed.has_after(after):
                 return  # the channel was deleted under the reader
+            if hub.shutting_down:
+                return  # shutdown woke the feed while the store was read: that wake-up is spent
             if not await feed.wait(after, keepalive_s):
                 yield []
     finally:
@@ -49,7 +51,9 @@ async def read_once(store: Store, hub: Hub, channel: str, after: int, wait_s: fl
     feed = hub.acquire(channel)
     try:
         events = await store.read_after(channel, after, limit)
-        if not events and await feed.wait(after, wait_s) and not hub.shutting_down:
+        if events or hub.shutting_down:  # a stopping server holds no request
+            return events
+        if await feed.wait(after, wait_s) and not hub.shutting_down:
             events = feed.since(after, limit) or await store.read_after(channel, after, limit)
         return events
     finally:

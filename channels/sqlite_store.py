@@ -148,6 +148,7 @@ class SQLiteStore:
         self._writer_db = await self._connect()
         await self._migrate(self._writer_db)
         self._reader_db = await self._connect()
+        self._closing = False  # a closed store may be opened again
         self._wake = asyncio.Event()
         self._write_lock = asyncio.Lock()
         self._writer_task = asyncio.get_running_loop().create_task(self._write_loop(), name="chime-store-writer")

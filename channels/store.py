@@ -88,6 +88,8 @@ class Store(Protocol):
     """Durable storage of users, conversations, channels, events and push subscriptions."""
 
     on_commit: CommitListener | None
+    commits: int           # transactions that appended events, since open (group commit: far fewer than events)
+    committed_events: int  # events those transactions appended
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Chime's benchmark: ``python -m bench`` (see ``bench.run``)."""

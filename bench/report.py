@@ -1,0 +1,66 @@
+"""The results: one row per (scenario, transport), printed as a table and saved as JSON."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# (key, heading, format) in the order printed.
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("scenario", "scenario", "{}"),
+    ("transport", "via", "{}"),
+    ("streams", "conns", "{:,}"),
+    ("delivered", "delivered", "{:,}"),
+    ("lost", "lost", "{:,}"),
+    ("duplicated", "dup", "{:,}"),
+    ("out_of_order", "ooo", "{:,}"),
+    ("failed_streams", "failed", "{:,}"),
+    ("p50_ms", "p50 ms", "{:.2f}"),
+    ("p99_ms", "p99 ms", "{:.2f}"),
+    ("max_ms", "max ms", "{:.2f}"),
+    ("tokens_per_s", "tok/s", "{:,.0f}"),
+    ("server_us_per_token", "srv µs/tok", "{:.1f}"),
+    ("server_peak_rss_mb", "srv peak MB", "{:.1f}"),
+    ("kb_per_connection", "KB/conn", "{:.1f}"),
+    ("upstream_us_per_token", "up µs/tok", "{:.1f}"),
+    ("loadgen_us_per_token", "gen µs/tok", "{:.1f}"),
+    ("loadgen_cpu_pct", "gen CPU%", "{:.0f}"),
+    ("wall_s", "wall s", "{:.1f}"),
+)
+
+
+def cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    value = row.get(key)
+    return "—" if value is None else fmt.format(value)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    cells = [[heading for _, heading, _ in COLUMNS]]
+    cells += [[cell(row, key, fmt) for key, _, fmt in COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    lines = [" | ".join(text.rjust(width) if i > 1 else text.ljust(width)
+                        for i, (text, width) in enumerate(zip(line, widths))) for line in cells]
+    lines.insert(1, "-+-".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def save(rows: list[dict[str, Any]], options: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    path = RESULTS_DIR / f"bench-{stamp}.json"
+    document = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "options": options,
+                "machine": {"python": platform.python_version(), "cpus": _cpus(), "system": platform.platform()},
+                "rows": rows}
+    path.write_text(json.dumps(document, indent=2))
+    return path
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))

@@ -1,0 +1,109 @@
+"""``python -m bench``: run the workloads, print the table, save the JSON.
+
+Starts the loopback upstream (its own process), then for each row a fresh
+Chime server process pointed at it (``OPENAI_BASE_URL``), and drives both with
+this process's asyncio load generator. Everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.procstat import memory_kb
+from bench.report import save, table
+from bench.scenarios import Bench, Idle, Replay, Streams, stop
+from bench.upstream import raise_open_files_limit
+from tests.support.server import ROOT, free_port
+from tests.support.waiting import wait_until
+
+PACED_RATE = 25          # tokens/s per stream
+PACED_DELAY_MS = 1_000   # quiet time before a paced stream's first token: readers attach first
+
+
+def scenarios(quick: bool) -> dict[str, Any]:
+    paced_tokens = 75 if quick else 250  # 3 s or 10 s of tokens per stream
+    unpaced_tokens = 2_000 if quick else 5_000
+    all_ = [
+        Streams("paced-50", 50, paced_tokens, PACED_RATE, PACED_DELAY_MS),
+        Streams("paced-200", 200, paced_tokens, PACED_RATE, PACED_DELAY_MS),
+        Streams("paced-1000", 1000, paced_tokens, PACED_RATE, 3 * PACED_DELAY_MS),
+        Streams("unpaced", 20, unpaced_tokens, 0, 300),
+        Idle("idle-5000", 5_000),
+        Replay("replay"),
+    ]
+    if not quick:
+        all_.insert(5, Idle("idle-10000", 10_000))
+    return {scenario.name: scenario for scenario in all_}
+
+
+class UpstreamProcess:
+    """``python -m bench.upstream PORT`` in its own process, so it never shares our CPU."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "UpstreamProcess":
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.upstream", str(self.port)], cwd=ROOT,
+                                        stdout=subprocess.PIPE)
+        line = self.process.stdout.readline()  # type: ignore[union-attr]
+        if b"listening" not in line:
+            raise RuntimeError(f"the upstream did not start: {line!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+async def run(names: list[str], quick: bool, transports: tuple[str, ...]) -> list[dict[str, Any]]:
+    chosen = scenarios(quick)
+    rows: list[dict[str, Any]] = []
+    with UpstreamProcess() as upstream, tempfile.TemporaryDirectory(prefix="chime-bench-") as work:
+        bench = Bench(upstream.port, upstream.process.pid, Path(work), transports)  # type: ignore[union-attr]
+        for name in names or list(chosen):
+            started = time.monotonic()
+            async for result in chosen[name].rows(bench):
+                result["upstream_peak_rss_mb"] = memory_kb(upstream.process.pid)["VmHWM"] / 1024  # type: ignore
+                rows.append(result)
+                print(table([result]).splitlines()[-1], flush=True)
+            print(f"# {name}: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+    return rows
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter streams; idle-10000 left out")
+    parser.add_argument("--scenario", action="append", default=[], metavar="NAME",
+                        help=f"run only this scenario (repeatable): {', '.join(scenarios(False))}")
+    parser.add_argument("--transport", action="append", choices=("sse", "ws"), default=[],
+                        help="only this transport (repeatable); default both")
+    args = parser.parse_args(argv)
+    unknown = set(args.scenario) - set(scenarios(args.quick))
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvloop
+
+    args = parse(sys.argv[1:] if argv is None else argv)
+    raise_open_files_limit()  # servers started from here inherit it
+    transports = tuple(args.transport) or ("sse", "ws")
+    print(table([]), flush=True)
+    rows = uvloop.run(run(args.scenario, args.quick, transports))
+    print("\n" + table(rows))
+    path = save(rows, {"quick": args.quick, "scenarios": args.scenario, "transports": transports})
+    print(f"\nsaved {path.relative_to(ROOT)}")
+
+
+__all__ = ["main", "stop", "wait_until"]

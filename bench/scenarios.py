@@ -1,0 +1,326 @@
+"""The workloads: paced streams, unpaced throughput, idle readers, replay.
+
+Each scenario yields rows (dicts, see ``bench.report``). A row through the
+server gets a fresh server process, so its peak RSS is its own; the ``direct``
+row reads the upstream with the same clients and no server: the floor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import httpx
+
+from bench.clients import (READERS, DirectReader, Tally, Totals, direct_request, open_reader)
+from bench.procstat import CpuMeter, memory_kb
+from tests.support.server import ServerProcess
+
+SETUP_CONCURRENCY = 64        # streams being set up at once (POST + connect)
+IDLE_CONNECT_CONCURRENCY = 256
+IDLE_CHANNELS = 100           # idle readers are spread over this many running channels
+STREAM_TIMEOUT_S = 120.0      # a stream that has not ended by then is a failure, not a hang
+REPLAY_EVENTS = 10_000
+REPLAY_REPEATS = 20
+
+SERVER_ENV = {
+    "CHIME_LOG_LEVEL": "WARNING",
+    "CHIME_MAX_RUNNING_PER_USER": "1000000",
+    "CHIME_SUBMISSIONS_PER_MINUTE": "100000000",
+    "CHIME_MODEL_STALL_S": "3600",
+    "CHIME_SHUTDOWN_GRACE_S": "0",
+}
+
+
+@dataclass
+class Bench:
+    """What every scenario shares: the upstream, where to keep data, what to run."""
+
+    upstream_port: int
+    upstream_pid: int
+    work_dir: Path
+    transports: tuple[str, ...] = ("sse", "ws")
+    servers_started: int = 0
+
+    def server(self, env: dict[str, str], data_dir: Path | None = None) -> ServerProcess:
+        self.servers_started += 1
+        data_dir = data_dir or self.work_dir / f"server-{self.servers_started}"
+        return ServerProcess(data_dir, {**SERVER_ENV, **env}).start()
+
+    def model_server(self) -> ServerProcess:
+        return self.server({"OPENAI_BASE_URL": f"http://127.0.0.1:{self.upstream_port}/v1",
+                            "OPENAI_API_KEY": "bench", "CHIME_MODEL": "bench", "CHIME_MODEL_RETRIES": "0"})
+
+
+def stop(server: ServerProcess) -> None:
+    try:
+        server.stop(timeout_s=30)
+    except AssertionError:
+        pass  # killed after the timeout; the figures are already taken
+
+
+# ---- measuring a row ------------------------------------------------------------
+
+class Window:
+    """CPU of the server, the upstream and this load generator over one row, plus wall time."""
+
+    def __init__(self, server_pid: int | None, upstream_pid: int | None):
+        self.meters = {"server": CpuMeter(server_pid) if server_pid else None,
+                       "upstream": CpuMeter(upstream_pid) if upstream_pid else None,
+                       "loadgen": CpuMeter(None)}
+        self.wall_s = 0.0
+
+    def __enter__(self) -> "Window":
+        for meter in self.meters.values():
+            if meter is not None:
+                meter.start()
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall_s = time.monotonic() - self._started
+        for meter in self.meters.values():
+            if meter is not None:
+                meter.stop()
+
+    def per_token_us(self, name: str, tokens: int) -> float | None:
+        meter = self.meters[name]
+        return None if meter is None or not tokens else meter.used_s / tokens * 1e6
+
+
+def latency_figures(totals: Totals) -> dict[str, float | None]:
+    values = sorted(totals.latencies_ns)
+    if not values:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))] / 1e6  # noqa: E731
+    return {"p50_ms": pick(0.50), "p99_ms": pick(0.99), "max_ms": values[-1] / 1e6}
+
+
+def row(scenario: str, transport: str, streams: int, totals: Totals, window: Window,
+        server: ServerProcess | None, tokens_span_s: float | None = None) -> dict[str, Any]:
+    delivered = totals.delivered
+    span_s = tokens_span_s or window.wall_s
+    loadgen_s = window.meters["loadgen"].used_s  # type: ignore[union-attr]
+    peak = memory_kb(server.process.pid)["VmHWM"] / 1024 if server and server.process else None
+    return {
+        "scenario": scenario, "transport": transport, "streams": streams, "delivered": delivered,
+        "lost": totals.lost, "duplicated": totals.duplicated, "out_of_order": totals.out_of_order,
+        "failed_streams": totals.failed_streams, "endings": totals.endings, "replayed": totals.replayed,
+        **latency_figures(totals),
+        "tokens_per_s": delivered / span_s if span_s else None,
+        "server_us_per_token": window.per_token_us("server", delivered),
+        "server_peak_rss_mb": peak,
+        "upstream_us_per_token": window.per_token_us("upstream", delivered),
+        "loadgen_us_per_token": window.per_token_us("loadgen", delivered),
+        "loadgen_cpu_pct": 100 * loadgen_s / window.wall_s if window.wall_s else None,
+        "wall_s": window.wall_s,
+    }
+
+
+# ---- streams: paced and unpaced -------------------------------------------------
+
+@dataclass(frozen=True)
+class Streams:
+    """``streams`` answers of ``tokens`` tokens at ``rate`` tokens/s each (0: unpaced)."""
+
+    name: str
+    streams: int
+    tokens: int
+    rate: int
+    delay_ms: int
+
+    @property
+    def message(self) -> str:
+        return f"bench n={self.tokens} rate={self.rate} delay_ms={self.delay_ms}"
+
+    async def rows(self, bench: Bench) -> AsyncIterator[dict[str, Any]]:
+        yield await self.direct(bench)
+        for transport in bench.transports:
+            server = bench.model_server()
+            try:
+                yield await self.through(bench, server, transport)
+            finally:
+                stop(server)
+
+    async def direct(self, bench: Bench) -> dict[str, Any]:
+        totals = Totals()
+        request = direct_request(f"127.0.0.1:{bench.upstream_port}", self.message)
+
+        async def one(gate: asyncio.Semaphore) -> None:
+            tally = Tally(totals, self.tokens)
+            async with gate:
+                reader = await open_reader(bench.upstream_port, DirectReader, request, tally)
+            await _ended(reader, tally)
+
+        with Window(None, bench.upstream_pid) as window:
+            await _all(self.streams, one)
+        return row(self.name, "direct", self.streams, totals, window, None, totals_span_s(totals, window))
+
+    async def through(self, bench: Bench, server: ServerProcess, transport: str) -> dict[str, Any]:
+        totals = Totals()
+        reader_type, make_request = READERS[transport]
+        host = f"127.0.0.1:{server.port}"
+        async with httpx.AsyncClient(base_url=server.url, timeout=60,
+                                     limits=httpx.Limits(max_connections=SETUP_CONCURRENCY)) as http:
+            token = (await http.post("/api/users")).json()["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+
+            async def one(gate: asyncio.Semaphore) -> None:
+                tally = Tally(totals, self.tokens)
+                async with gate:
+                    answer = await http.post("/api/chat", json={"message": self.message}, headers=headers)
+                    answer.raise_for_status()
+                    request = make_request(host, answer.json()["channel"], token)
+                    reader = await open_reader(server.port, reader_type, request, tally)
+                await _ended(reader, tally)
+
+            with Window(server.process.pid, bench.upstream_pid) as window:  # type: ignore[union-attr]
+                await _all(self.streams, one)
+        return row(self.name, transport, self.streams, totals, window, server, totals_span_s(totals, window))
+
+
+def totals_span_s(totals: Totals, window: Window) -> float:
+    """Throughput is counted over the time tokens were flowing, not the set-up before."""
+    first, last = totals.first_emitted_ns, totals.last_received_ns
+    return (last - first) / 1e9 if first and last > first else window.wall_s
+
+
+async def _all(count: int, one: Callable[[asyncio.Semaphore], Any]) -> None:
+    gate = asyncio.Semaphore(SETUP_CONCURRENCY)
+    await asyncio.gather(*(one(gate) for _ in range(count)))
+
+
+async def _ended(reader: Any, tally: Tally) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(reader.ended), STREAM_TIMEOUT_S)
+    except TimeoutError:
+        reader.end("timeout")
+    tally.close(reader.ending)
+
+
+# ---- idle readers ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Idle:
+    """``readers`` connections parked on unfinished channels: memory per connection."""
+
+    name: str
+    readers: int
+
+    async def rows(self, bench: Bench) -> AsyncIterator[dict[str, Any]]:
+        for transport in bench.transports:
+            # The demo model at an hour a token: channels that stay running and quiet.
+            server = bench.server({"CHIME_DEMO_DELAY_MS": "3600000"})
+            try:
+                yield await self.parked(server, transport)
+            finally:
+                stop(server)
+
+    async def parked(self, server: ServerProcess, transport: str) -> dict[str, Any]:
+        pid = server.process.pid  # type: ignore[union-attr]
+        reader_type, make_request = READERS[transport]
+        host = f"127.0.0.1:{server.port}"
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+            token = (await http.post("/api/users")).json()["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            channels = [(await http.post("/api/chat", json={"message": f"idle {i}"}, headers=headers))
+                        .json()["channel"] for i in range(IDLE_CHANNELS)]
+        totals = Totals()
+        gate = asyncio.Semaphore(IDLE_CONNECT_CONCURRENCY)
+        readers: list[Any] = []
+
+        async def park(index: int) -> None:
+            tally = Tally(totals, 0)
+            async with gate:
+                request = make_request(host, channels[index % len(channels)], token)
+                readers.append(await open_reader(server.port, reader_type, request, tally))
+
+        before_kb = memory_kb(pid)["VmRSS"]
+        with Window(pid, None) as window:
+            results = await asyncio.gather(*(park(i) for i in range(self.readers)), return_exceptions=True)
+        after_kb = memory_kb(pid)["VmRSS"]
+        held = sum(1 for reader in readers if reader.attached.result() is True and not reader.ended.done())
+        for reader in readers:
+            reader.transport.close()
+        result = row(self.name, transport, self.readers, totals, window, server)
+        result.update({
+            "held": held, "failed_streams": self.readers - held,
+            "connect_errors": sum(1 for r in results if isinstance(r, BaseException)),
+            "kb_per_connection": (after_kb - before_kb) / held if held else None,
+            "server_us_per_connection": window.meters["server"].used_s / held * 1e6 if held else None,
+            "tokens_per_s": None, "server_us_per_token": None, "loadgen_us_per_token": None,
+        })
+        return result
+
+
+# ---- replay ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Replay:
+    """A finished channel of 10,000 stored events, read from id 0 and its last 10."""
+
+    name: str
+    repeats: int = REPLAY_REPEATS
+
+    async def rows(self, bench: Bench) -> AsyncIterator[dict[str, Any]]:
+        data_dir = Path(tempfile.mkdtemp(prefix="replay-", dir=bench.work_dir))
+        channel, token = await _stored_channel(data_dir, REPLAY_EVENTS)
+        for transport in bench.transports:
+            server = bench.server({}, data_dir)
+            try:
+                for label, after in (("all", 0), ("last10", REPLAY_EVENTS - 10)):
+                    yield await self.read(server, transport, channel, token, label, after)
+            finally:
+                stop(server)
+
+    async def read(self, server: ServerProcess, transport: str, channel: str, token: str,
+                   label: str, after: int) -> dict[str, Any]:
+        reader_type, make_request = READERS[transport]
+        request = make_request(f"127.0.0.1:{server.port}", channel, token, after)
+        first_seq = max(0, after - 1)  # event id = seq + 2: meta is id 1
+        deltas = REPLAY_EVENTS - 2 - first_seq
+        totals = Totals()
+        elapsed_ms: list[float] = []
+        with Window(server.process.pid, None) as window:  # type: ignore[union-attr]
+            for _ in range(self.repeats):
+                tally = Tally(totals, deltas, first_seq)
+                started = time.monotonic_ns()
+                reader = await open_reader(server.port, reader_type, request, tally)
+                await _ended(reader, tally)
+                elapsed_ms.append((time.monotonic_ns() - started) / 1e6)
+        result = row(f"{self.name}-{label}", transport, 1, totals, window, server)
+        events = REPLAY_EVENTS - after
+        result.update({
+            "p50_ms": statistics.median(elapsed_ms), "p99_ms": max(elapsed_ms), "max_ms": max(elapsed_ms),
+            "first_ms": elapsed_ms[0], "events_per_read": events, "reads": self.repeats,
+            "tokens_per_s": events / (statistics.median(elapsed_ms) / 1e3),
+            "server_us_per_token": window.meters["server"].used_s / (events * self.repeats) * 1e6,
+            "loadgen_us_per_token": window.meters["loadgen"].used_s / (events * self.repeats) * 1e6,
+        })
+        return result
+
+
+async def _stored_channel(data_dir: Path, events: int) -> tuple[str, str]:
+    """Write a finished channel of ``events`` events straight into a fresh store."""
+    from channels.sqlite_store import SQLiteStore
+    from routes.auth import hash_token, new_id
+
+    store = SQLiteStore(data_dir / "chime.sqlite3")
+    await store.open()
+    try:
+        user, token, conversation, channel = new_id(), new_id() + new_id(), new_id(), new_id()
+        await store.create_user(user, hash_token(token))
+        await store.create_conversation(conversation, user, "replay")
+        await store.create_channel(channel, user, conversation, "bench")
+        await store.add_turn(conversation, "replay", channel)
+        await asyncio.gather(*(store.append(channel, "delta", {"content": f"~{seq}.0~ "})
+                               for seq in range(events - 2)))
+        await store.append(channel, "done", {"finish_reason": "stop"})
+    finally:
+        await store.close()
+    return channel, token

@@ -1,0 +1,247 @@
+"""A loopback OpenAI-compatible upstream whose tokens carry their number and emission time.
+
+``python -m bench.upstream PORT`` serves ``POST /v1/chat/completions`` with
+``stream: true`` in OpenAI's exact wire format, on 127.0.0.1 only. The last
+user message picks the workload, e.g. ``bench n=250 rate=25 delay_ms=1000``:
+
+- ``n``: tokens to send; each token's text is ``~<seq>.<emitted_ns>~`` where
+  ``seq`` counts from 0 and ``emitted_ns`` is ``time.monotonic_ns()`` taken
+  just before the write (CLOCK_MONOTONIC is shared by every process on the
+  machine, so a reader subtracts it from its own receive time);
+- ``rate``: tokens a second per stream, 0 for as fast as the socket takes them;
+- ``delay_ms``: quiet time before the first token, so readers can attach first;
+- ``hold=1``: send the role chunk, then nothing until the client leaves.
+
+It is a raw asyncio protocol on uvloop so that it costs little CPU per token:
+the benchmark measures the server, not this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import re
+import resource
+import sys
+import time
+
+import orjson
+
+CHUNK_HEAD = (b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
+              b'"model":"bench","system_fingerprint":null,"choices":[{"index":0,"delta":')
+ROLE_CHUNK = CHUNK_HEAD + b'{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'
+STOP_CHUNK = CHUNK_HEAD + b'{},"logprobs":null,"finish_reason":"stop"}]}'
+TOKEN_FRAME = b'data: ' + CHUNK_HEAD + b'{"content":"~%d.%d~"},"logprobs":null,"finish_reason":null}]}\n\n'
+DONE_LINE = b"data: [DONE]\n\n"
+RESPONSE_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+                 b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+
+UNPACED_YIELD_EVERY = 16  # tokens written before an unpaced stream lets other streams run
+_WORKLOAD = re.compile(r"(\w+)=(\d+)")
+
+
+def chunk(payload: bytes) -> bytes:
+    """One HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+def sse(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"
+
+
+def workload(body: bytes) -> tuple[dict[str, int], bool]:
+    """The workload named by the last user message, and whether usage was asked for."""
+    request = orjson.loads(body)
+    text = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
+    params = {"n": 10, "rate": 0, "delay_ms": 0, "hold": 0}
+    params.update({k: int(v) for k, v in _WORKLOAD.findall(text)})
+    usage = bool((request.get("stream_options") or {}).get("include_usage"))
+    return params, usage
+
+
+class Pacer:
+    """One timer for every paced stream: wakes at the earliest due token, sends all that are due."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, "Stream"]] = []
+        self._order = itertools.count()
+        self._wake = asyncio.Event()
+
+    def schedule(self, due_ns: int, stream: "Stream") -> None:
+        heapq.heappush(self._heap, (due_ns, next(self._order), stream))
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            if not self._heap:
+                self._wake.clear()
+                await self._wake.wait()
+            now = time.monotonic_ns()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, stream = heapq.heappop(self._heap)
+                stream.tick()
+            if self._heap:
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout((self._heap[0][0] - time.monotonic_ns()) / 1e9):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+
+
+class Stream:
+    """One streamed answer on one connection."""
+
+    def __init__(self, connection: "Connection", params: dict[str, int], usage: bool):
+        self.connection = connection
+        self.n = params["n"]
+        self.rate = params["rate"]
+        self.delay_ns = params["delay_ms"] * 1_000_000
+        self.hold = bool(params["hold"])
+        self.usage = usage
+        self.seq = 0
+        self.next_due = 0
+
+    def start(self) -> None:
+        self.connection.write(RESPONSE_HEAD + chunk(sse(ROLE_CHUNK)))
+        if self.hold:
+            return
+        if self.rate:
+            self.next_due = time.monotonic_ns() + self.delay_ns
+            self.connection.server.pacer.schedule(self.next_due, self)
+        else:
+            self.connection.task = asyncio.get_running_loop().create_task(self.unpaced())
+
+    def tick(self) -> None:
+        if self.connection.closed:
+            return
+        self.send_token()
+        if self.seq < self.n:
+            self.next_due += 1_000_000_000 // self.rate
+            self.connection.server.pacer.schedule(self.next_due, self)
+        else:
+            self.finish()
+
+    async def unpaced(self) -> None:
+        if self.delay_ns:
+            await asyncio.sleep(self.delay_ns / 1e9)
+        while self.seq < self.n and not self.connection.closed:
+            self.send_token()
+            if self.connection.paused is not None:
+                await self.connection.paused
+            elif self.seq % UNPACED_YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        if not self.connection.closed:
+            self.finish()
+
+    def send_token(self) -> None:
+        self.connection.write(chunk(TOKEN_FRAME % (self.seq, time.monotonic_ns())))
+        self.seq += 1
+
+    def finish(self) -> None:
+        tail = sse(STOP_CHUNK)
+        if self.usage:
+            tail += sse(b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
+                        b'"model":"bench","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":%d,'
+                        b'"total_tokens":%d}}' % (self.n, self.n + 1))
+        self.connection.write(chunk(tail + DONE_LINE) + b"0\r\n\r\n")
+        self.connection.stream = None
+
+
+class Connection(asyncio.Protocol):
+    """HTTP/1.1 with keep-alive: one request at a time, a Content-Length body."""
+
+    def __init__(self, server: "Upstream"):
+        self.server = server
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+        self.stream: Stream | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.paused: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.resume_writing()
+        if self.task is not None:
+            self.task.cancel()
+
+    def pause_writing(self) -> None:
+        self.paused = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.paused is not None and not self.paused.done():
+            self.paused.set_result(None)
+        self.paused = None
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while self.stream is None:
+            head_end = self.buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            head = self.buffer[:head_end].decode("latin-1")
+            length = _content_length(head)
+            body_end = head_end + 4 + length
+            if len(self.buffer) < body_end:
+                return
+            body, self.buffer = self.buffer[head_end + 4:body_end], self.buffer[body_end:]
+            self.handle(head.split(" ", 2), body)
+
+    def handle(self, request_line: list[str], body: bytes) -> None:
+        if request_line[0] != "POST" or not request_line[1].endswith("/chat/completions"):
+            self.write(NOT_FOUND)
+            return
+        params, usage = workload(body)
+        self.stream = Stream(self, params, usage)
+        self.stream.start()
+
+
+def _content_length(head: str) -> int:
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            return int(value)
+    return 0
+
+
+class Upstream:
+    def __init__(self) -> None:
+        self.pacer = Pacer()
+
+    async def serve(self, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: Connection(self), "127.0.0.1", port, backlog=4096)
+        pacer = loop.create_task(self.pacer.run())
+        print(f"upstream listening on 127.0.0.1:{port}", flush=True)
+        try:
+            await server.serve_forever()
+        finally:
+            pacer.cancel()
+
+
+def raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one: thousands of connections need it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main() -> None:
+    import uvloop
+
+    raise_open_files_limit()
+    uvloop.run(Upstream().serve(int(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,7 @@ from channels.limits import Limits
 from channels.sqlite_store import SQLiteStore
 from llm import make_provider
 from metrics import Metrics
+from notify import service as notify
 from notify.presence import Presence
 from routes import api
 from routes.auth import Users
@@ -59,6 +60,7 @@ def configure(app: Sanic, settings: Settings) -> None:
 async def start_services(app: Sanic) -> None:
     settings: Settings = app.ctx.settings
     ctx = app.ctx
+    ctx.stopping = False  # an app that was stopped may be started again (test clients do)
     ctx.metrics = Metrics()
     ctx.hub = Hub()
     ctx.presence = Presence()
@@ -72,6 +74,7 @@ async def start_services(app: Sanic) -> None:
                         ctx.generations.running_for)
     ctx.generations.completion_hooks.append(_count_completion(ctx.metrics))
     _register_gauges(ctx)
+    await notify.start(app)
     interrupted = await ctx.generations.interrupt_orphans()
     if interrupted:
         log.warning("ended %d answers left running by a previous process as interrupted", interrupted)
@@ -106,6 +109,7 @@ async def stop_streams(app: Sanic) -> None:
 
 async def close_services(app: Sanic) -> None:
     ctx = app.ctx
+    await notify.stop(app)  # before the store closes: a push may still delete a subscription
     if hasattr(ctx, "provider"):
         await ctx.provider.close()
     if hasattr(ctx, "store"):

@@ -52,6 +52,9 @@ class Settings:
     push_allow_private: bool = False
     vapid_subject: str = "mailto:admin@chime.invalid"
     push_ttl_s: int = 86_400
+    push_timeout_s: float = 10.0
+    push_retries: int = 3
+    push_retry_base_s: float = 1.0
 
     log_level: str = "INFO"
 
@@ -89,17 +92,20 @@ class Settings:
     def validate(self) -> None:
         positive = ("port", "keepalive_s", "sse_retry_ms", "max_body_bytes",
                     "history_budget_chars", "model_stall_s", "model_connect_timeout_s",
-                    "max_running_per_user", "submissions_per_minute", "push_ttl_s")
+                    "max_running_per_user", "submissions_per_minute", "push_ttl_s", "push_timeout_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_var(name)} must be greater than 0")
-        for name in ("demo_delay_ms", "shutdown_grace_s", "model_retries", "model_retry_base_s"):
+        for name in ("demo_delay_ms", "shutdown_grace_s", "model_retries", "model_retry_base_s",
+                     "push_retries", "push_retry_base_s"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_var(name)} must not be negative")
         if not 0 < self.port < 65_536:
             raise SettingsError("CHIME_PORT must be between 1 and 65535")
         if not self.vapid_subject.startswith(("mailto:", "https://")):
             raise SettingsError("CHIME_VAPID_SUBJECT must start with mailto: or https://")
+        if self.push_retries > 10:
+            raise SettingsError("CHIME_PUSH_RETRIES must be at most 10")
         if self.push_ttl_s < 3_600:
             raise SettingsError("CHIME_PUSH_TTL_S must be at least 3600 (one hour)")
 
@@ -142,6 +148,9 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "push_allow_private": ("CHIME_PUSH_ALLOW_PRIVATE", _bool),
     "vapid_subject": ("CHIME_VAPID_SUBJECT", _str),
     "push_ttl_s": ("CHIME_PUSH_TTL_S", int),
+    "push_timeout_s": ("CHIME_PUSH_TIMEOUT_S", float),
+    "push_retries": ("CHIME_PUSH_RETRIES", int),
+    "push_retry_base_s": ("CHIME_PUSH_RETRY_BASE_S", float),
     "log_level": ("CHIME_LOG_LEVEL", str.upper),
 }
 

@@ -2,6 +2,7 @@
 
 from sanic import Blueprint
 
-from routes import channels, chat, conversations, health, pages, streams
+from routes import channels, chat, conversations, health, pages, push, streams
 
-api = Blueprint.group(chat.bp, streams.bp, channels.bp, conversations.bp, health.bp, pages.bp)
+api = Blueprint.group(chat.bp, streams.bp, channels.bp, conversations.bp, health.bp, pages.bp,
+                        push.bp)

@@ -1,0 +1,151 @@
+// One answer on screen: its text rendered as Markdown, its state, its model,
+// and (while it runs) the Follower that streams it in.
+import { getChannel } from "./api.js";
+import { renderNow, scheduleRender } from "./render.js";
+import { Follower } from "./stream.js";
+
+/** What each state looks like to a person. `running` is shown as waiting until text arrives. */
+const STATE_LABELS = {
+  waiting: "Waiting for the model…",
+  streaming: "Writing…",
+  reconnecting: "Connection lost — reconnecting…",
+  done: "Done",
+  error: "Error",
+  cancelled: "Stopped",
+  interrupted: "Interrupted",
+  lost: "Unavailable",
+};
+
+const shown = new Set();  // answers on screen: the service worker asks before notifying
+
+/** True when this page shows `channel` and is in view (then no notification is needed). */
+export const showsChannel = (channel) => document.visibilityState === "visible" && shown.has(channel);
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+export class AnswerView {
+  /**
+   * `text` is what is known of the answer already (for a running answer, a
+   * snapshot); `status` is the API's channel status or "waiting".
+   */
+  constructor({ channel = null, text = "", status = "waiting", model = null, onChange = () => {} }) {
+    this.channel = channel;
+    this.snapshot = text;
+    this.text = "";
+    this.model = model;
+    this.onChange = onChange;
+    this.follower = null;
+    this.element = element("article", "message assistant");
+    this.element.setAttribute("aria-label", "Answer");
+    const header = element("header", "message-meta");
+    this.modelBadge = element("span", "model");
+    this.stateBadge = element("span", "state");
+    this.stateBadge.setAttribute("role", "status");
+    header.append(this.modelBadge, this.stateBadge);
+    this.body = element("div", "markdown");
+    this.detail = element("p", "state-detail");
+    this.detail.hidden = true;
+    this.element.append(header, this.body, this.detail);
+    if (channel) this.setChannel(channel);
+    this.showModel();
+    this.setState(status === "running" ? (text ? "streaming" : "waiting") : status);
+    if (text) renderNow(this.body, text);
+  }
+
+  get running() {
+    return ["waiting", "streaming", "reconnecting"].includes(this.state);
+  }
+
+  /** The whole answer as far as it is known: the events' text once it has caught up with the snapshot. */
+  get visibleText() {
+    return this.text.length >= this.snapshot.length ? this.text : this.snapshot;
+  }
+
+  setChannel(channel) {
+    this.channel = channel;
+    this.element.dataset.channel = channel;
+    shown.add(channel);
+  }
+
+  showModel() {
+    this.modelBadge.textContent = this.model ? `Model: ${this.model}` : "";
+    this.modelBadge.hidden = !this.model;
+  }
+
+  setState(state, detail = "") {
+    this.state = state;
+    this.element.dataset.state = state;
+    this.stateBadge.textContent = STATE_LABELS[state] ?? state;
+    this.detail.textContent = detail;
+    this.detail.hidden = !detail;
+    this.onChange(this);
+  }
+
+  /** Stream the answer from its first event; the snapshot stays on screen until the replay passes it. */
+  follow(transport) {
+    this.follower = new Follower(this.channel, {
+      transport,
+      onEvent: (type, data) => this.apply(type, data),
+      onState: (state, reason) => this.connectionState(state, reason),
+    }).start();
+  }
+
+  apply(type, data) {
+    if (type === "meta") {
+      this.model = data.model ?? this.model;
+      this.showModel();
+    } else if (type === "delta") {
+      this.text += data.content ?? "";
+      if (this.state !== "streaming") this.setState("streaming");
+      scheduleRender(this.body, this.visibleText);
+    } else if (type === "done") {
+      this.finish("done");
+    } else if (type === "error") {
+      this.finish("error", data.message ?? "The model failed.");
+    } else if (type === "cancelled") {
+      this.finish("cancelled");
+    } else if (type === "interrupted") {
+      this.finish("interrupted", "The server stopped before the answer was complete.");
+    }
+  }
+
+  finish(state, detail = "") {
+    this.snapshot = "";
+    renderNow(this.body, this.text);
+    this.setState(state, detail);
+  }
+
+  connectionState(state, reason) {
+    if (state === "reconnecting" && this.running) this.setState("reconnecting");
+    else if (state === "live" && this.state === "reconnecting") this.setState(this.visibleText ? "streaming" : "waiting");
+    else if (state === "lost") this.setState("lost", reason || "This answer is no longer available.");
+  }
+
+  /** Failed before any channel existed (the submit itself was refused). */
+  fail(message) {
+    this.setState("error", message);
+  }
+
+  async stop() {
+    await this.follower?.cancel();
+  }
+
+  /** Fill in the model for an answer that is not streamed (finished before the page opened). */
+  async loadModel() {
+    if (this.model || !this.channel) return;
+    try {
+      this.model = (await getChannel(this.channel)).model ?? null;
+      this.showModel();
+    } catch { /* the badge is a nicety; the answer itself is already on screen */ }
+  }
+
+  dispose() {
+    this.follower?.close();
+    if (this.channel) shown.delete(this.channel);
+  }
+}

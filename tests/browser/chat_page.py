@@ -1,0 +1,47 @@
+"""Driving the chat page the way a person does, and reading what it shows."""
+
+from __future__ import annotations
+
+from playwright.sync_api import Locator, Page, expect
+
+from llm.demo import demo_reply
+
+ANSWER = "article.message.assistant"
+FINAL_STATES = ("done", "error", "cancelled", "interrupted")
+
+
+def open_chat(page: Page, path: str = "/") -> None:
+    page.goto(path)
+    page.wait_for_selector("body[data-ready=true]")
+
+
+def last_answer(page: Page) -> Locator:
+    return page.locator(ANSWER).last
+
+
+def ask(page: Page, question: str) -> str:
+    """Type the question, press Enter, and return the new answer's channel id."""
+    before = page.locator(ANSWER).count()
+    box = page.locator("#message")
+    box.fill(question)
+    box.press("Enter")
+    handle = page.wait_for_function(
+        "n => document.querySelectorAll('article.message.assistant')[n]?.dataset.channel", arg=before)
+    return handle.json_value()
+
+
+def wait_for_text(answer: Locator, fragment: str) -> None:
+    expect(answer.locator(".markdown")).to_contain_text(fragment)
+
+
+def wait_finished(answer: Locator, state: str = "done") -> None:
+    expect(answer).to_have_attribute("data-state", state)
+
+
+def rendered_text(answer: Locator) -> str:
+    return answer.locator(".markdown").inner_text()
+
+
+def expected_answer(question: str) -> str:
+    """The demo model's answer to ``question``, as the server stores it."""
+    return demo_reply(question)

@@ -1,0 +1,222 @@
+"""The OpenAI-compatible provider against the loopback upstream, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from email.utils import format_datetime
+from datetime import datetime, timedelta, timezone
+from typing import AsyncIterator, Iterator
+
+import httpx2
+import pytest
+
+from llm.base import Chunk, ModelError
+from llm.openai_provider import OpenAIProvider, _retry_after_s, _sse_data
+from settings import Settings
+from tests.support.openai_upstream import OpenAIUpstream, Reply
+from tests.support.waiting import async_wait_until
+
+KEY = "sk-unit-test-key-abcdef0123456789"
+MODEL = "unit-model"
+RETRIES = 2
+
+
+@pytest.fixture
+def upstream() -> Iterator[OpenAIUpstream]:
+    with OpenAIUpstream(api_key=KEY, models=[MODEL]) as server:
+        yield server
+
+
+def provider_for(upstream: OpenAIUpstream, **overrides: object) -> OpenAIProvider:
+    values: dict[str, object] = dict(openai_base_url=upstream.url, openai_api_key=KEY, model=MODEL,
+                                     model_retries=RETRIES, model_retry_base_s=0.01, model_stall_s=0.5,
+                                     model_connect_timeout_s=2.0)
+    values.update(overrides)
+    return OpenAIProvider(Settings(**values))  # type: ignore[arg-type]
+
+
+async def collect(provider: OpenAIProvider, message: str) -> tuple[list[Chunk], ModelError | None]:
+    chunks: list[Chunk] = []
+    try:
+        async for chunk in provider.stream([{"role": "user", "content": message}]):
+            chunks.append(chunk)
+    except ModelError as exc:
+        return chunks, exc
+    finally:
+        await provider.close()
+    return chunks, None
+
+
+def text(chunks: list[Chunk]) -> str:
+    return "".join(c.content for c in chunks)
+
+
+async def test_a_streamed_answer_becomes_chunks_with_usage_and_finish_reason(upstream: OpenAIUpstream) -> None:
+    upstream.when("hello", Reply(tokens=["Hi", " there", "!"], finish_reason="stop"))
+    chunks, error = await collect(provider_for(upstream), "hello")
+    assert error is None
+    assert [c.content for c in chunks if c.content] == ["Hi", " there", "!"]
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
+    assert [c.usage for c in chunks if c.usage] == [{"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}]
+    [request] = upstream.requests
+    assert "temperature" not in request.body and "max_tokens" not in request.body
+
+
+async def test_a_server_without_a_key_gets_a_placeholder_bearer(upstream: OpenAIUpstream) -> None:
+    with OpenAIUpstream(models=[MODEL]) as keyless:
+        chunks, error = await collect(provider_for(keyless, openai_api_key=None), "hi")
+        assert error is None and text(chunks) == "Echo: hi"
+        assert keyless.requests[0].headers["authorization"] == "Bearer not-needed"
+
+
+@pytest.mark.parametrize("first", [Reply.error(429, retry_after="0"), Reply.error(500), Reply.error(502),
+                                   Reply.text("lost", drop_after=0), Reply.text("slow", stall_after=0)])
+async def test_failures_before_the_first_token_are_retried(upstream: OpenAIUpstream, first: Reply) -> None:
+    upstream.when("again", first, Reply.text("recovered"))
+    chunks, error = await collect(provider_for(upstream), "again")
+    assert error is None and text(chunks) == "recovered"
+    assert len(upstream.requests) == 2
+
+
+@pytest.mark.parametrize("reply, code", [(Reply.error(500), "model_error"),
+                                         (Reply.error(429, retry_after="0"), "rate_limited"),
+                                         (Reply.text("slow", stall_after=0), "model_stalled"),
+                                         (Reply.text("lost", drop_after=0), "model_unreachable")])
+async def test_retries_are_bounded(upstream: OpenAIUpstream, reply: Reply, code: str) -> None:
+    upstream.when("always", reply)
+    chunks, error = await collect(provider_for(upstream), "always")
+    assert error is not None and error.code == code and not chunks
+    assert len(upstream.requests) == 1 + RETRIES
+
+
+@pytest.mark.parametrize("reply, code", [(Reply.error(401), "bad_api_key"), (Reply.error(403), "bad_api_key"),
+                                         (Reply.error(404), "model_not_found"), (Reply.error(400), "model_error"),
+                                         (Reply.error(429, retry_after="3600"), "rate_limited")])
+async def test_final_answers_fail_at_once(upstream: OpenAIUpstream, reply: Reply, code: str) -> None:
+    upstream.when("once", reply)
+    _, error = await collect(provider_for(upstream), "once")
+    assert error is not None and error.code == code
+    assert len(upstream.requests) == 1
+
+
+async def test_retry_after_is_honoured(upstream: OpenAIUpstream) -> None:
+    upstream.when("patience", Reply.error(429, retry_after_ms="150"), Reply.text("ok"))
+    _, error = await collect(provider_for(upstream, model_retry_base_s=0.001), "patience")
+    assert error is None
+    first, second = upstream.requests
+    assert second.received_at - first.received_at >= 0.15
+
+
+async def test_the_sdks_own_retries_are_off(upstream: OpenAIUpstream) -> None:
+    upstream.when("count", Reply.error(500))
+    _, error = await collect(provider_for(upstream, model_retries=0), "count")
+    assert error is not None and len(upstream.requests) == 1
+
+
+async def test_the_api_key_never_reaches_the_message(upstream: OpenAIUpstream) -> None:
+    upstream.when("leak-401", Reply.error(401, f"Incorrect API key provided: {KEY}"))
+    upstream.when("leak-400", Reply.error(400, f"Bad request for key {KEY}: context too long"))
+    _, unauthorised = await collect(provider_for(upstream), "leak-401")
+    _, bad = await collect(provider_for(upstream), "leak-400")
+    assert unauthorised is not None and KEY not in unauthorised.message
+    assert bad is not None and KEY not in bad.message and "context too long" in bad.message
+
+
+async def test_a_wrong_model_name_is_model_not_found(upstream: OpenAIUpstream) -> None:
+    _, error = await collect(provider_for(upstream, model="no-such-model"), "hi")
+    assert error is not None and error.code == "model_not_found" and "no-such-model" in error.message
+
+
+async def test_failures_after_the_first_token_are_not_retried(upstream: OpenAIUpstream) -> None:
+    upstream.when("midway", Reply.text("a b c d", drop_after=2))
+    chunks, error = await collect(provider_for(upstream), "midway")
+    assert text(chunks) == "a b " and error is not None and error.code == "model_unreachable"
+    assert "kept" in error.message and len(upstream.requests) == 1
+
+
+async def test_keepalive_comments_do_not_hide_a_stall(upstream: OpenAIUpstream) -> None:
+    upstream.when("chatty", Reply.text("a b c", stall_after=1, keepalive_s=0.05))
+    chunks, error = await collect(provider_for(upstream), "chatty")
+    assert text(chunks) == "a " and error is not None and error.code == "model_stalled"
+
+
+async def test_an_error_inside_the_stream_is_reported(upstream: OpenAIUpstream) -> None:
+    upstream.when("inner", Reply.text("a b c", error_after=1))
+    chunks, error = await collect(provider_for(upstream), "inner")
+    assert text(chunks) == "a " and error is not None and error.code == "model_error"
+
+
+async def test_closing_the_stream_closes_the_upstream_connection(upstream: OpenAIUpstream) -> None:
+    upstream.when("long", Reply(tokens=["x "] * 1000, token_delay_s=0.01))
+    provider = provider_for(upstream)
+    stream = provider.stream([{"role": "user", "content": "long"}])
+    async for chunk in stream:
+        if chunk.content:
+            break
+    closed_at = time.monotonic()
+    await stream.aclose()  # type: ignore[attr-defined]
+    request = await async_wait_until(lambda: upstream.requests[0].disconnected_at and upstream.requests[0],
+                                     5, "the upstream to see the disconnect")
+    assert not request.completed
+    print(f"\naclose → upstream disconnect: {(request.disconnected_at - closed_at) * 1000:.1f} ms")
+    await provider.close()
+
+
+async def test_cancelling_the_reader_closes_the_upstream_connection(upstream: OpenAIUpstream) -> None:
+    upstream.when("long", Reply(tokens=["x "] * 1000, token_delay_s=0.01))
+    provider = provider_for(upstream)
+    got_one = asyncio.Event()
+
+    async def read() -> None:
+        async for chunk in provider.stream([{"role": "user", "content": "long"}]):
+            got_one.set()
+
+    task = asyncio.create_task(read())
+    await asyncio.wait_for(got_one.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await async_wait_until(lambda: upstream.requests[0].disconnected_at, 5, "the upstream to see the disconnect")
+    await provider.close()
+
+
+async def test_an_unreachable_endpoint_is_model_unreachable() -> None:
+    from tests.support.server import free_port
+
+    provider = OpenAIProvider(Settings(openai_base_url=f"http://127.0.0.1:{free_port()}/v1", openai_api_key=KEY,
+                                       model_retries=1, model_retry_base_s=0.01))
+    _, error = await collect(provider, "anyone?")
+    assert error is not None and error.code == "model_unreachable" and KEY not in error.message
+
+
+# ---- the pieces -------------------------------------------------------------------
+
+
+async def pieces(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_sse_data_handles_split_lines_crlf_comments_and_multi_line_data() -> None:
+    body = pieces(b"data: {\"a\"", b":1}\r\n\r\n: keep", b"alive\n\ndata: one\ndata:two\n\nevent: x\ndata: [DONE]")
+    assert [d async for d in _sse_data(body)] == [b'{"a":1}', b"", b"one\ntwo", b"[DONE]"]
+
+
+def test_retry_after_reads_seconds_milliseconds_and_dates() -> None:
+    def response(**headers: str) -> httpx2.Response:
+        return httpx2.Response(429, headers={k.replace("_", "-"): v for k, v in headers.items()})
+
+    assert _retry_after_s(response(retry_after="2")) == 2.0
+    assert _retry_after_s(response(retry_after_ms="250")) == 0.25
+    assert _retry_after_s(response()) is None
+    assert _retry_after_s(response(retry_after="soon")) is None
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    assert 25 <= (_retry_after_s(response(retry_after=later)) or 0) <= 30
+
+
+def test_backoff_is_bounded_and_waits_at_least_what_upstream_asked() -> None:
+    provider = OpenAIProvider(Settings(openai_base_url="http://127.0.0.1:9/v1", model_retry_base_s=1.0))
+    assert all(provider._backoff_s(attempt, None) <= 8.0 for attempt in range(20))
+    assert provider._backoff_s(0, 5.0) == 5.0
+    assert provider._backoff_s(0, 3600.0) is None

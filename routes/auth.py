@@ -12,6 +12,9 @@ from errors import Unauthenticated
 
 COOKIE = "chime_token"
 COOKIE_MAX_AGE_S = 400 * 24 * 3600
+# Sent with a 401 for an unknown cookie: page scripts cannot clear an HttpOnly
+# cookie, so without this a browser whose user is gone would stay locked out.
+EXPIRED_COOKIE = f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
 
 
 def new_id() -> str:
@@ -46,7 +49,9 @@ async def user_for(request: Request, *, allow_query: bool = False) -> str | None
         return None
     user_id = await request.app.ctx.users.lookup(token)
     if user_id is None:
-        raise Unauthenticated("Unknown token: make a new user with POST /api/users.")
+        from_cookie = "authorization" not in request.headers and request.cookies.get(COOKIE) == token
+        raise Unauthenticated("Unknown token: make a new user with POST /api/users.",
+                              headers={"Set-Cookie": EXPIRED_COOKIE} if from_cookie else None)
     return user_id
 
 

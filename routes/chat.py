@@ -19,6 +19,8 @@ MAX_TITLE_CHARS = 80
 
 @bp.post("/api/users")
 async def create_user(request: Request) -> HTTPResponse:
+    """A new anonymous user; a request carrying an unknown or malformed token gets 401 like anywhere."""
+    await user_for(request)
     user_id, token = await request.app.ctx.users.create()
     return json({"user_id": user_id, "token": token}, status=201)
 
@@ -91,7 +93,8 @@ def checked_message(raw: object) -> str:
 
 
 def title_for(message: str) -> str:
+    """Whitespace collapsed; longer than 80 characters, cut so that with the ``…`` it is 80."""
     title = " ".join(message.split())
     if len(title) > MAX_TITLE_CHARS:
-        title = title[:MAX_TITLE_CHARS] + "…"
+        title = title[:MAX_TITLE_CHARS - 1] + "…"
     return title

@@ -25,6 +25,11 @@ def json_object(request: Request) -> dict[str, Any]:
     return body
 
 
+def query_value(request: Request, name: str) -> str | None:
+    """A query parameter's first value, blank included (``?after=`` is a bad value, not a missing one)."""
+    return request.get_args(keep_blank_values=True).get(name)
+
+
 def non_negative_int(raw: str | None, name: str) -> int | None:
     """An event id or count as sent on the wire: digits only, no sign, no blanks."""
     if raw is None:

@@ -19,7 +19,7 @@ from channels.reader import read_once, replay_then_live
 from channels.store import ChannelRecord
 from errors import ApiError, InvalidParameter, NotFound
 from routes.auth import require_user, set_cookie
-from routes.params import bounded_number, non_negative_int
+from routes.params import bounded_number, non_negative_int, query_value
 
 log = logging.getLogger("chime.streams")
 
@@ -51,7 +51,7 @@ def resume_point(request: Request) -> int:
     header = request.headers.get("last-event-id")
     if header is not None:
         return non_negative_int(header, "Last-Event-ID") or 0
-    return non_negative_int(request.args.get("last_event_id"), "last_event_id") or 0
+    return non_negative_int(query_value(request, "last_event_id"), "last_event_id") or 0
 
 
 def finished_at_or_before(record: ChannelRecord, after: int) -> bool:
@@ -148,8 +148,8 @@ async def _listen(ctx, ws, channel: str, reader) -> None:
 async def poll(request: Request, channel_id: str) -> HTTPResponse:
     ctx = request.app.ctx
     user_id = await require_user(request)
-    after = non_negative_int(request.args.get("after"), "after") or 0
-    wait_s = bounded_number(request.args.get("wait"), "wait", 0, POLL_MAX_WAIT_S, 0)
+    after = non_negative_int(query_value(request, "after"), "after") or 0
+    wait_s = bounded_number(query_value(request, "wait"), "wait", 0, POLL_MAX_WAIT_S, 0)
     record = await owned_channel(request, channel_id, user_id)
     if finished_at_or_before(record, after):
         events = []

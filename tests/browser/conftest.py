@@ -59,9 +59,10 @@ class PageErrors(list):
         page.on("console", self._console)
 
     def _console(self, message: ConsoleMessage) -> None:
-        # A 401 before the first question (no user yet) or a 404 for a deleted
-        # conversation is the API working as documented, not a page error.
-        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+        # Chromium logs failed loads itself: a 401 before the first question (no
+        # user yet), a connection the proxy cut. Those are not the page's errors.
+        if message.type == "error" and not (message.text.startswith("Failed to load resource")
+                                             or "net::ERR_" in message.text):
             self.append(f"console: {message.text}")
 
 

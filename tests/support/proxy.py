@@ -22,14 +22,19 @@ _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 def _reset(sock: socket.socket) -> None:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-    except OSError:
-        pass
-    try:
-        sock.close()
-    except OSError:
-        pass
+    """Abort the connection with a RST, waking any thread blocked reading it.
+
+    close() alone would not do: while another thread sits in recv() the kernel
+    keeps the socket open. shutdown(SHUT_RD) wakes that reader without sending
+    anything; the last close then sends the RST.
+    """
+    for step in (lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE),
+                 lambda: sock.shutdown(socket.SHUT_RD),
+                 sock.close):
+        try:
+            step()
+        except OSError:
+            pass
 
 
 class _Pair:

@@ -129,10 +129,12 @@ class Generations:
             stream = self.provider.stream(messages)
             try:
                 async for chunk in stream:
+                    # Queued, not awaited: a token still reaches no reader before its commit,
+                    # but the next one need not wait for it (finish() waits for them all).
                     if chunk.content:
-                        await self.store.append(channel, DELTA, {"content": chunk.content})
+                        await self.store.append(channel, DELTA, {"content": chunk.content}, wait=False)
                     if chunk.usage is not None:
-                        await self.store.append(channel, USAGE, chunk.usage)
+                        await self.store.append(channel, USAGE, chunk.usage, wait=False)
                     if chunk.finish_reason:
                         finish_reason = chunk.finish_reason
             finally:

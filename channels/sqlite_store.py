@@ -2,14 +2,19 @@
 
 Writes of events go through one writer task (group commit): it takes every
 event that arrived while the previous commit ran, writes them in one
-transaction, commits, then tells ``on_commit``. Reads use a second connection,
-so in WAL mode they see exactly what is committed and never wait for a writer.
+transaction, commits, then tells ``on_commit``. Every write transaction runs as
+one function on the writer's own thread (one hop off the event loop per
+commit, not one per statement), so transactions never interleave. Reads use a
+second connection (aiosqlite), so in WAL mode they see exactly what is
+committed and never wait for a writer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -106,6 +111,9 @@ SQL_CHANNEL_STATUS = "SELECT status FROM channels WHERE id = ?"
 # Each commit takes at most this many events, so one huge backlog cannot hold
 # every waiting writer for a single long transaction.
 MAX_BATCH_EVENTS = 4096
+# ``append(..., wait=False)`` stops returning at once when this many events wait
+# for a commit: a model faster than the disk is slowed to the disk's pace.
+MAX_UNAWAITED_BACKLOG = 2 * MAX_BATCH_EVENTS
 
 
 @dataclass(slots=True)
@@ -128,14 +136,13 @@ class SQLiteStore:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.on_commit: CommitListener | None = None
-        self._writer_db: aiosqlite.Connection | None = None
+        self._writer: _WriterThread | None = None
         self._reader_db: aiosqlite.Connection | None = None
         self._logs: dict[str, _ChannelLog] = {}
         self._pending: list[_Pending] = []
+        # A failed commit of events nobody awaited is raised by the channel's next append.
+        self._failures: dict[str, BaseException] = {}
         self._wake = asyncio.Event()
-        # One transaction at a time on the writer connection: the group commit
-        # and the occasional record write must not interleave their statements.
-        self._write_lock = asyncio.Lock()
         self._writer_task: asyncio.Task[None] | None = None
         self._closing = False
         self.commits = 0
@@ -145,12 +152,11 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer_db = await self._connect()
-        await self._migrate(self._writer_db)
+        self._writer = await _WriterThread.open(self.path)
+        await self._writer.run(_migrate, self._writer.db)
         self._reader_db = await self._connect()
         self._closing = False  # a closed store may be opened again
         self._wake = asyncio.Event()
-        self._write_lock = asyncio.Lock()
         self._writer_task = asyncio.get_running_loop().create_task(self._write_loop(), name="chime-store-writer")
 
     async def close(self) -> None:
@@ -159,35 +165,22 @@ class SQLiteStore:
         if self._writer_task is not None:
             await self._writer_task
             self._writer_task = None
-        for db in (self._reader_db, self._writer_db):
-            if db is not None:
-                await db.close()
-        self._reader_db = self._writer_db = None
+        if self._reader_db is not None:
+            await self._reader_db.close()
+        if self._writer is not None:
+            await self._writer.close()
+        self._reader_db = self._writer = None
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode = WAL")
-        # NORMAL in WAL mode: a commit survives a crash of the process; only a
-        # power loss can take back the last transactions.
-        await db.execute("PRAGMA synchronous = NORMAL")
-        await db.execute("PRAGMA foreign_keys = ON")
-        await db.execute("PRAGMA busy_timeout = 5000")
+        for pragma in PRAGMAS:
+            await db.execute(pragma)
         return db
 
-    @staticmethod
-    async def _migrate(db: aiosqlite.Connection) -> None:
-        async with db.execute("PRAGMA user_version") as cursor:
-            (version,) = await cursor.fetchone()  # type: ignore[misc]
-        if version > len(MIGRATIONS):
-            raise RuntimeError(f"database schema version {version} is newer than this Chime ({len(MIGRATIONS)})")
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            await db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
-            log.info("database migrated to schema version %d", number)
-
     @property
-    def _w(self) -> aiosqlite.Connection:
-        assert self._writer_db is not None, "store is not open"
-        return self._writer_db
+    def _w(self) -> "_WriterThread":
+        assert self._writer is not None, "store is not open"
+        return self._writer
 
     @property
     def _r(self) -> aiosqlite.Connection:
@@ -206,18 +199,7 @@ class SQLiteStore:
 
     async def _write_transaction(self, statements: list[tuple[str, Sequence[Any]]]) -> int:
         """Run statements in one transaction; returns the rows the last one changed."""
-        async with self._write_lock:
-            db = self._w
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                changed = 0
-                for sql, params in statements:
-                    changed = (await db.execute(sql, params)).rowcount
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
-            return changed
+        return await self._w.run(_run_statements, self._w.db, statements)
 
     # ---- users -----------------------------------------------------------
 
@@ -314,7 +296,11 @@ class SQLiteStore:
 
     # ---- appending: the group commit -------------------------------------
 
-    async def append(self, channel_id: str, type: str, data: dict[str, Any]) -> Event:
+    async def append(self, channel_id: str, type: str, data: dict[str, Any], *, wait: bool = True) -> Event:
+        """See ``Store.append``; ``wait=False`` returns once the event is queued (not for terminals)."""
+        failure = self._failures.pop(channel_id, None)
+        if failure is not None:
+            raise failure
         log_ = self._logs.get(channel_id)
         if log_ is None:
             log_ = await self._load_log(channel_id)
@@ -324,6 +310,10 @@ class SQLiteStore:
         log_.next_id += 1
         if type in TERMINAL_TYPES:
             log_.closed = True
+        elif not wait and len(self._pending) < MAX_UNAWAITED_BACKLOG:
+            self._pending.append(_Pending(event, None))
+            self._wake.set()
+            return event
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(event, future))
         self._wake.set()
@@ -339,10 +329,20 @@ class SQLiteStore:
         return self._logs.setdefault(channel_id, _ChannelLog(last_id + 1, row[0] != "running"))
 
     async def _flush_channels(self, channels: set[str]) -> None:
-        """Wait until every pending event of these channels is committed."""
-        waiting = [p.future for p in self._pending if p.event.channel in channels and p.future]
-        if waiting:
-            await asyncio.gather(*waiting, return_exceptions=True)
+        """Wait until every pending event of these channels is committed.
+
+        Commits go in order, so each channel's last pending event is enough;
+        one queued with ``wait=False`` gets a future here.
+        """
+        last: dict[str, _Pending] = {}
+        for pending in self._pending:
+            if pending.event.channel in channels:
+                last[pending.event.channel] = pending
+        for pending in last.values():
+            if pending.future is None:
+                pending.future = asyncio.get_running_loop().create_future()
+        if last:
+            await asyncio.gather(*(p.future for p in last.values()), return_exceptions=True)
 
     async def _write_loop(self) -> None:
         while True:
@@ -361,11 +361,7 @@ class SQLiteStore:
             await self._write_events(events)
         except Exception as exc:  # the disk is full, the file is gone: fail the batch, not the server
             log.exception("commit of %d events failed", len(events))
-            for channel in {e.channel for e in events}:
-                self._logs.pop(channel, None)  # reload the true next id from the database
-            for p in batch:
-                if p.future and not p.future.done():
-                    p.future.set_exception(exc)
+            self._fail(batch, exc)
             return
         self.commits += 1
         self.committed_events += len(events)
@@ -381,28 +377,21 @@ class SQLiteStore:
             if event.terminal:
                 self._logs.pop(event.channel, None)
 
-    async def _write_events(self, events: list[Event]) -> None:
-        async with self._write_lock:
-            db = self._w
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                await db.executemany(SQL_INSERT_EVENT, [(e.channel, e.id, e.type, e.data_json) for e in events])
-                for event in events:
-                    if event.type == USAGE:
-                        await db.execute(SQL_SET_USAGE, (event.data_json, event.channel))
-                    elif event.type in TERMINAL_TYPES:
-                        await self._finish_in_transaction(db, event)
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
+    def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
+        """A batch did not commit: its channels' queued events go too, so ids keep no gaps."""
+        failed = {p.event.channel for p in batch}
+        doomed = batch + [p for p in self._pending if p.event.channel in failed]
+        self._pending = [p for p in self._pending if p.event.channel not in failed]
+        for channel in failed:
+            self._logs.pop(channel, None)  # reload the true next id from the database
+        for p in doomed:
+            if p.future is None:
+                self._failures[p.event.channel] = exc
+            elif not p.future.done():
+                p.future.set_exception(exc)
 
-    @staticmethod
-    async def _finish_in_transaction(db: aiosqlite.Connection, event: Event) -> None:
-        rows = await db.execute_fetchall(SQL_DELTAS, (event.channel,))
-        content = "".join(orjson.loads(data)["content"] for (data,) in rows)
-        await db.execute(SQL_FINISH_CHANNEL, (event.type, utc_now(), event.channel))
-        await db.execute(SQL_FINISH_MESSAGE, (content, event.type, event.channel))
+    async def _write_events(self, events: list[Event]) -> None:
+        await self._w.run(_insert_events, self._w.db, events)
 
     # ---- push subscriptions ---------------------------------------------
 
@@ -423,3 +412,90 @@ class SQLiteStore:
         rows = await self._fetchall("SELECT user_id, endpoint, p256dh, auth, created_at FROM push_subscriptions "
                                     "WHERE user_id = ? ORDER BY created_at", (user_id,))
         return [PushSubscription(*row) for row in rows]
+
+
+# ---- the writer thread ---------------------------------------------------------
+
+PRAGMAS = (
+    "PRAGMA journal_mode = WAL",
+    # NORMAL in WAL mode: a commit survives a crash of the process; only a
+    # power loss can take back the last transactions.
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA busy_timeout = 5000",
+)
+
+
+class _WriterThread:
+    """The one writing connection, used only from its own thread."""
+
+    def __init__(self, pool: ThreadPoolExecutor, db: sqlite3.Connection):
+        self._pool = pool
+        self.db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> "_WriterThread":
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chime-store-writer")
+        db = await asyncio.get_running_loop().run_in_executor(pool, _connect_writer, path)
+        return cls(pool, db)
+
+    async def run(self, function: Any, *args: Any) -> Any:
+        """Run ``function(*args)`` on the writer thread; calls run one at a time, in order."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+
+    async def close(self) -> None:
+        await self.run(self.db.close)
+        self._pool.shutdown(wait=True)
+
+
+def _connect_writer(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in PRAGMAS:
+        db.execute(pragma)
+    return db
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise RuntimeError(f"database schema version {version} is newer than this Chime ({len(MIGRATIONS)})")
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+        log.info("database migrated to schema version %d", number)
+
+
+def _run_statements(db: sqlite3.Connection, statements: list[tuple[str, Sequence[Any]]]) -> int:
+    """One transaction; returns the rows the last statement changed."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        changed = 0
+        for sql, params in statements:
+            changed = db.execute(sql, params).rowcount
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return changed
+
+
+def _insert_events(db: sqlite3.Connection, events: list[Event]) -> None:
+    """One group commit: the events, and what a usage or terminal event changes besides."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.executemany(SQL_INSERT_EVENT, [(e.channel, e.id, e.type, e.data_json) for e in events])
+        for event in events:
+            if event.type == USAGE:
+                db.execute(SQL_SET_USAGE, (event.data_json, event.channel))
+            elif event.type in TERMINAL_TYPES:
+                _finish_channel(db, event)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _finish_channel(db: sqlite3.Connection, event: Event) -> None:
+    rows = db.execute(SQL_DELTAS, (event.channel,)).fetchall()
+    content = "".join(orjson.loads(data)["content"] for (data,) in rows)
+    db.execute(SQL_FINISH_CHANNEL, (event.type, utc_now(), event.channel))
+    db.execute(SQL_FINISH_MESSAGE, (content, event.type, event.channel))

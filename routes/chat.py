@@ -42,25 +42,24 @@ async def submit(request: Request) -> HTTPResponse | None:
         conversation = await ctx.store.get_conversation(conversation_id)
         if conversation is None or conversation.user_id != user_id:
             raise NotFound("No such conversation.")
-    if user_id is not None:
-        ctx.limits.check(user_id)
 
     token = None
     if user_id is None:
         user_id, token = await ctx.users.create()
-    if conversation is None:
-        conversation = await ctx.store.create_conversation(new_id(), user_id, title_for(message))
-        history = []
-    else:
-        history = await ctx.store.messages(conversation.id)
+    # Checked and reserved at once: concurrent submissions cannot all slip past the limits.
+    with ctx.limits.admit(user_id):
+        if conversation is None:
+            conversation = await ctx.store.create_conversation(new_id(), user_id, title_for(message))
+            history = []
+        else:
+            history = await ctx.store.messages(conversation.id)
 
-    channel = new_id()
-    ctx.limits.record(user_id)
-    await ctx.store.create_channel(channel, user_id, conversation.id, ctx.settings.model_name)
-    await ctx.store.add_turn(conversation.id, message, channel)
-    settings = ctx.settings
-    ctx.generations.start(channel, user_id, build_messages(
-        settings.system_prompt, history, message, settings.history_budget_chars))
+        channel = new_id()
+        await ctx.store.create_channel(channel, user_id, conversation.id, ctx.settings.model_name)
+        await ctx.store.add_turn(conversation.id, message, channel)
+        settings = ctx.settings
+        ctx.generations.start(channel, user_id, build_messages(
+            settings.system_prompt, history, message, settings.history_budget_chars))
     ctx.metrics.inc("chime_submissions_total", help="Questions submitted.")
 
     if accepts_event_stream(request):

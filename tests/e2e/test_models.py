@@ -358,3 +358,14 @@ def test_submissions_per_minute_are_limited(user: Chime) -> None:
     other = Chime(str(user.http.base_url))
     assert only_terminal(other.events(other.submit("per-minute from someone else")["channel"]))[1] == "done"
     other.close()
+
+
+def test_concurrent_submissions_cannot_slip_past_the_running_limit(user: Chime, upstream: OpenAIUpstream) -> None:
+    upstream.when("burst", SLOW)
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda i: user.http.post("/api/chat", json={"message": f"burst {i}"}), range(6)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201, 201, 429, 429, 429, 429]  # CHIME_MAX_RUNNING_PER_USER=2
+    for response in responses:
+        if response.status_code == 201:
+            user.http.post(f"/api/channels/{response.json()['channel']}/cancel")

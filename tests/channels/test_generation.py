@@ -1,0 +1,205 @@
+"""Generations over a real SQLite store with scripted providers: every ending is one terminal event."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator, Sequence
+
+import pytest
+
+from channels.generation import Completion, Generations
+from channels.sqlite_store import SQLiteStore
+from llm.base import Chunk, ModelError
+from notify.presence import Presence
+from tests.support.waiting import async_wait_until
+
+USER = "user-1"
+
+
+class ScriptedProvider:
+    """Yields ``chunks``, then waits on ``hold`` (when given), then raises ``error`` (when given)."""
+
+    name = "scripted"
+
+    def __init__(self, chunks: Sequence[Chunk] = (), *, error: BaseException | None = None,
+                 hold: asyncio.Event | None = None):
+        self.chunks = list(chunks)
+        self.error = error
+        self.hold = hold
+        self.closed = 0
+        self.seen: list[list[dict[str, str]]] = []
+
+    async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[Chunk]:
+        self.seen.append(messages)
+        try:
+            for chunk in self.chunks:
+                yield chunk
+            if self.hold is not None:
+                await self.hold.wait()
+            if self.error is not None:
+                raise self.error
+        finally:
+            self.closed += 1
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(tmp_path / "chime.sqlite3")
+    await store.open()
+    await store.create_user(USER, "token-hash")
+    yield store
+    await store.close()
+
+
+class World:
+    def __init__(self, store: SQLiteStore, provider: ScriptedProvider):
+        self.store = store
+        self.provider = provider
+        self.presence = Presence()
+        self.generations = Generations(store, provider, self.presence)
+        self.completions: list[Completion] = []
+        self.generations.completion_hooks.append(self.completions.append)
+        self.conversation = ""
+
+    async def channel(self, name: str = "ch-1") -> str:
+        self.conversation = f"conv-{name}"
+        await self.store.create_conversation(self.conversation, USER, "title")
+        await self.store.create_channel(name, USER, self.conversation, "scripted")
+        await self.store.add_turn(self.conversation, "question", name)
+        return name
+
+    async def run(self, name: str = "ch-1") -> str:
+        channel = await self.channel(name)
+        self.generations.start(channel, USER, [{"role": "user", "content": "question"}])
+        return channel
+
+    async def finished(self, channel: str) -> list[tuple[str, dict[str, Any]]]:
+        await async_wait_until(lambda: not self.generations.is_running(channel), 5, "the generation to end")
+        return [(e.type, e.data) for e in await self.store.read_after(channel, 1)]
+
+    async def answer(self) -> tuple[str, str]:
+        last = (await self.store.messages(self.conversation))[-1]
+        return last.content, last.status
+
+
+TOKENS = [Chunk("Hello"), Chunk(", world"), Chunk(finish_reason="length"),
+          Chunk(usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})]
+
+
+async def test_a_finished_answer_is_deltas_usage_then_done(store: SQLiteStore) -> None:
+    world = World(store, ScriptedProvider(TOKENS))
+    channel = await world.run()
+    assert await world.finished(channel) == [
+        ("delta", {"content": "Hello"}), ("delta", {"content": ", world"}),
+        ("usage", {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}),
+        ("done", {"finish_reason": "length"})]
+    assert await world.answer() == ("Hello, world", "done")
+    assert world.completions == [Completion(channel, USER, "done", {"finish_reason": "length"}, False)]
+    assert world.provider.closed == 1
+
+
+async def test_watched_is_decided_as_the_terminal_event_is_appended(store: SQLiteStore) -> None:
+    hold = asyncio.Event()
+    world = World(store, ScriptedProvider(TOKENS[:1], hold=hold))
+    channel = await world.run()
+    reader = world.presence.attach(channel)
+    hold.set()
+    await world.finished(channel)
+    world.presence.detach(reader)
+    assert [c.watched for c in world.completions] == [True]
+
+
+async def test_a_model_error_keeps_the_partial_answer(store: SQLiteStore) -> None:
+    error = ModelError("model_stalled", "The model stopped sending the answer.")
+    world = World(store, ScriptedProvider(TOKENS[:1], error=error))
+    channel = await world.run()
+    assert (await world.finished(channel))[-1] == (
+        "error", {"code": "model_stalled", "message": "The model stopped sending the answer."})
+    assert await world.answer() == ("Hello", "error")
+    assert [c.status for c in world.completions] == ["error"]
+
+
+async def test_an_unexpected_failure_is_an_internal_error_without_internals(store: SQLiteStore) -> None:
+    world = World(store, ScriptedProvider(error=RuntimeError("secret internals at 0xdeadbeef")))
+    channel = await world.run()
+    kind, data = (await world.finished(channel))[-1]
+    assert kind == "error" and data["code"] == "internal_error" and "deadbeef" not in data["message"]
+
+
+async def test_cancel_appends_cancelled_and_closes_the_model_stream(store: SQLiteStore) -> None:
+    world = World(store, ScriptedProvider(TOKENS[:2], hold=asyncio.Event()))
+    channel = await world.run()
+    await async_wait_until(lambda: store.read_after(channel, 2), 5, "the first tokens")
+    assert await world.generations.stop(channel) is True
+    events = await world.finished(channel)
+    assert events[-1] == ("cancelled", {}) and [e[0] for e in events].count("cancelled") == 1
+    assert world.provider.closed == 1
+    assert await world.answer() == ("Hello, world", "cancelled")
+    assert await world.generations.stop(channel) is False
+
+
+async def test_shutdown_waits_the_grace_period_then_interrupts(store: SQLiteStore) -> None:
+    world = World(store, ScriptedProvider(TOKENS[:1], hold=asyncio.Event()))
+    channel = await world.run()
+    await async_wait_until(lambda: store.read_after(channel, 1), 5, "the first token")
+    started = time.monotonic()
+    await world.generations.shutdown(0.2)
+    assert time.monotonic() - started >= 0.2
+    assert (await world.finished(channel))[-1] == ("interrupted", {"reason": "server_shutdown"})
+    assert world.generations.running == 0 and world.provider.closed == 1
+
+
+async def test_shutdown_lets_an_answer_that_ends_within_the_grace_period_finish(store: SQLiteStore) -> None:
+    hold = asyncio.Event()
+    world = World(store, ScriptedProvider(TOKENS, hold=hold))
+    channel = await world.run()
+    asyncio.get_running_loop().call_later(0.05, hold.set)
+    await world.generations.shutdown(5.0)
+    assert (await world.finished(channel))[-1] == ("done", {"finish_reason": "length"})
+
+
+async def test_orphans_of_a_previous_process_are_interrupted_on_start(store: SQLiteStore) -> None:
+    world = World(store, ScriptedProvider(hold=asyncio.Event()))
+    orphan = await world.channel("orphan")
+    live = await world.run("live")
+    assert await world.generations.interrupt_orphans() == 1
+    assert [(e.type, e.data) for e in await store.read_after(orphan, 1)] == [
+        ("interrupted", {"reason": "server_restart"})]
+    assert world.generations.is_running(live)
+    assert await world.generations.interrupt_orphans() == 0
+    await world.generations.shutdown(0)
+
+
+async def test_stopping_an_orphan_ends_it_as_cancelled(store: SQLiteStore) -> None:
+    world = World(store, ScriptedProvider())
+    orphan = await world.channel("orphan")
+    assert await world.generations.stop(orphan) is True
+    assert [(e.type, e.data) for e in await store.read_after(orphan, 1)] == [("cancelled", {})]
+    assert await world.generations.stop(orphan) is False
+
+
+async def test_a_conversation_deleted_under_the_answer_ends_it_quietly(store: SQLiteStore) -> None:
+    hold = asyncio.Event()
+    world = World(store, ScriptedProvider(TOKENS, hold=hold))
+    channel = await world.channel()
+    await store.delete_conversation(world.conversation)
+    world.generations.start(channel, USER, [{"role": "user", "content": "question"}])
+    hold.set()
+    await async_wait_until(lambda: not world.generations.is_running(channel), 5, "the generation to end")
+    assert world.completions == [] and await store.get_channel(channel) is None
+
+
+async def test_running_answers_are_counted_per_user(store: SQLiteStore) -> None:
+    world = World(store, ScriptedProvider(hold=asyncio.Event()))
+    await world.run("a")
+    await world.run("b")
+    assert world.generations.running_for(USER) == 2 and world.generations.running_for("someone") == 0
+    await world.generations.stop("a", wait=True)
+    assert world.generations.running_for(USER) == 1
+    await world.generations.shutdown(0)
+    assert world.generations.running == 0

@@ -6,6 +6,7 @@ Every knob is an environment variable (listed in the README). Tests build
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -90,6 +91,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SettingsError(f"{_var(spec.name)} must be a finite number")
         positive = ("port", "keepalive_s", "sse_retry_ms", "max_body_bytes",
                     "history_budget_chars", "model_stall_s", "model_connect_timeout_s",
                     "max_running_per_user", "submissions_per_minute", "push_ttl_s", "push_timeout_s")

@@ -1,0 +1,89 @@
+"""Settings.from_env: casts, defaults, and errors that say what to fix."""
+
+from __future__ import annotations
+
+from dataclasses import FrozenInstanceError, fields
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from settings import _ENVIRONMENT, Settings, SettingsError
+from tests.support.server import ROOT
+
+
+def test_an_empty_environment_gives_the_documented_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert (settings.host, settings.port, settings.data_dir) == ("127.0.0.1", 8000, Path("./data"))
+    assert settings.demo_delay_ms == 30 and settings.keepalive_s == 15
+    assert settings.max_body_bytes == 1_048_576
+    assert settings.uses_demo_model and settings.model_name == "demo"
+    assert settings.db_path == Path("./data/chime.sqlite3")
+
+
+def test_values_are_cast_to_their_types() -> None:
+    settings = Settings.from_env({
+        "CHIME_HOST": "0.0.0.0", "CHIME_PORT": " 9000 ", "CHIME_DATA_DIR": "/tmp/chime-data",
+        "CHIME_DEMO_DELAY_MS": "2.5", "CHIME_KEEPALIVE_S": "0.25", "CHIME_MAX_BODY_BYTES": "4096",
+        "CHIME_PUSH_ALLOW_PRIVATE": "yes", "CHIME_LOG_LEVEL": "debug", "CHIME_TEMPERATURE": "0.2",
+        "CHIME_MAX_TOKENS": "256", "CHIME_SSE_RETRY_MS": "500", "CHIME_SHUTDOWN_GRACE_S": "0",
+    })
+    assert settings.host == "0.0.0.0" and settings.port == 9000
+    assert settings.data_dir == Path("/tmp/chime-data")
+    assert settings.demo_delay_ms == 2.5 and settings.keepalive_s == 0.25
+    assert settings.max_body_bytes == 4096 and settings.sse_retry_ms == 500
+    assert settings.push_allow_private is True and settings.log_level == "DEBUG"
+    assert settings.temperature == 0.2 and settings.max_tokens == 256 and settings.shutdown_grace_s == 0
+
+
+@pytest.mark.parametrize(("raw", "value"), [("1", True), ("true", True), ("ON", True), ("0", False),
+                                            ("false", False), ("No", False), ("off", False)])
+def test_booleans(raw: str, value: bool) -> None:
+    assert Settings.from_env({"CHIME_PUSH_ALLOW_PRIVATE": raw}).push_allow_private is value
+
+
+def test_blank_values_mean_the_default() -> None:
+    assert Settings.from_env({"CHIME_PORT": "", "CHIME_KEEPALIVE_S": "  ", "OPENAI_API_KEY": ""}) == Settings()
+
+
+def test_a_model_endpoint_turns_off_the_demo() -> None:
+    settings = Settings.from_env({"OPENAI_BASE_URL": "http://127.0.0.1:1/v1", "CHIME_MODEL": "llama"})
+    assert not settings.uses_demo_model and settings.model_name == "llama"
+    assert Settings.from_env({"OPENAI_API_KEY": "sk-x"}).model_name == "gpt-4o-mini"
+
+
+def test_every_field_has_an_environment_variable() -> None:
+    assert set(_ENVIRONMENT) == {f.name for f in fields(Settings)}
+    assert all(var.startswith(("CHIME_", "OPENAI_")) for var, _ in _ENVIRONMENT.values())
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(FrozenInstanceError):
+        Settings().port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("variable", "raw"), [
+    ("CHIME_PORT", "eighty"), ("CHIME_PORT", "80.5"), ("CHIME_PORT", "0"), ("CHIME_PORT", "70000"),
+    ("CHIME_PORT", "-1"), ("CHIME_KEEPALIVE_S", "0"), ("CHIME_KEEPALIVE_S", "soon"),
+    ("CHIME_DEMO_DELAY_MS", "-5"), ("CHIME_MAX_BODY_BYTES", "0"), ("CHIME_MAX_BODY_BYTES", "1MB"),
+    ("CHIME_SHUTDOWN_GRACE_S", "-1"), ("CHIME_PUSH_ALLOW_PRIVATE", "maybe"), ("CHIME_SSE_RETRY_MS", "0"),
+    ("CHIME_MAX_RUNNING_PER_USER", "0"), ("CHIME_SUBMISSIONS_PER_MINUTE", "-3"),
+    ("CHIME_VAPID_SUBJECT", "admin@example.com"), ("CHIME_PUSH_TTL_S", "60"),
+    ("CHIME_KEEPALIVE_S", "nan"), ("CHIME_DEMO_DELAY_MS", "inf"), ("CHIME_TEMPERATURE", "nan"),
+])
+def test_a_bad_value_is_an_error_that_names_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({variable: raw})
+    assert variable in str(error.value)
+
+
+def test_the_server_refuses_to_start_with_a_bad_value(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHIME_", "OPENAI_"))}
+    env.update({"CHIME_PORT": "eighty", "CHIME_DATA_DIR": str(tmp_path)})
+    result = subprocess.run([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert "CHIME_PORT" in result.stderr and "Traceback" not in result.stderr

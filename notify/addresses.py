@@ -69,6 +69,8 @@ def is_public(address: IPAddress) -> bool:
     judged by the address they wrap as well, so ``::ffff:127.0.0.1`` is loopback.
     """
     if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # the connection goes to the IPv4 address itself
+            return is_public(address.ipv4_mapped)
         embedded = _embedded_ipv4(address)
         if embedded is not None and not is_public(embedded):
             return False
@@ -78,8 +80,6 @@ def is_public(address: IPAddress) -> bool:
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
     if address.sixtofour is not None:
         return address.sixtofour
     if address.teredo is not None:

@@ -1,0 +1,72 @@
+"""The error catalog and its one handler: every /api/ error is the API's JSON body."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import orjson
+import pytest
+from sanic import Sanic
+from sanic.exceptions import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, SanicException
+
+import errors
+
+REQUEST = SimpleNamespace(method="GET", path="/api/x")
+
+
+def body(response) -> dict:
+    assert response.content_type == "application/json"
+    return orjson.loads(response.body)
+
+
+@pytest.mark.parametrize(("error", "status", "code"), [
+    (errors.InvalidJson(), 400, "invalid_json"),
+    (errors.InvalidMessage("message is required."), 400, "invalid_message"),
+    (errors.InvalidParameter("after must be a non-negative integer."), 400, "invalid_parameter"),
+    (errors.Unauthenticated(), 401, "unauthenticated"),
+    (errors.NotFound(), 404, "not_found"),
+    (errors.AlreadyFinished(), 409, "already_finished"),
+    (errors.TooLarge(), 413, "too_large"),
+    (errors.RateLimited(retry_after_s=7), 429, "rate_limited"),
+    (errors.Unavailable(), 503, "unavailable"),
+])
+def test_catalog_errors_render_their_code_and_message(error: errors.ApiError, status: int, code: str) -> None:
+    response = errors.render_error(REQUEST, error)
+    assert response.status == status
+    assert body(response) == {"error": {"code": code, "message": error.message}}
+    assert error.message.strip() and error.quiet
+
+
+def test_rate_limited_says_when_to_retry() -> None:
+    assert errors.render_error(REQUEST, errors.RateLimited(retry_after_s=7)).headers["retry-after"] == "7"
+    assert errors.render_error(REQUEST, errors.RateLimited(retry_after_s=0)).headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize(("error", "status", "code"), [
+    (BadRequest("nope"), 400, "bad_request"),
+    (NotFound("Requested URL /api/x not found"), 404, "not_found"),
+    (MethodNotAllowed("no", method="PUT", allowed_methods=["GET"]), 405, "method_not_allowed"),
+    (PayloadTooLarge("big"), 413, "too_large"),
+    (SanicException("teapot", status_code=418), 418, "error"),
+    (SanicException("broken", status_code=502), 502, "internal_error"),
+])
+def test_sanic_errors_map_onto_the_catalog(error: SanicException, status: int, code: str) -> None:
+    response = errors.render_error(REQUEST, error)
+    assert response.status == status and body(response)["error"]["code"] == code
+    assert "Requested URL" not in response.body.decode()  # the catalog's words, not the framework's
+
+
+def test_method_not_allowed_keeps_the_allow_header() -> None:
+    error = MethodNotAllowed("no", method="PUT", allowed_methods=["GET", "POST"])
+    assert errors.render_error(REQUEST, error).headers["allow"] == "GET, POST"
+
+
+def test_an_unexpected_exception_is_a_500_without_internals(app: Sanic) -> None:
+    @app.get("/api/explode")
+    async def explode(request):
+        raise RuntimeError("secret internals /etc/passwd")
+
+    _, response = app.test_client.get("/api/explode")
+    assert response.status == 500
+    assert response.json == {"error": {"code": "internal_error", "message": "Something went wrong on the server."}}
+    assert "secret" not in response.text and "Traceback" not in response.text

@@ -92,8 +92,8 @@ class WebPushSender:
             return SendResult(error=type(exc).__name__)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             return SendResult(error=type(exc).__name__)
-        except VapidException as exc:
-            return SendResult(status=None, blocked=True, error=f"cannot sign for this endpoint: {exc}")
+        except VapidException as exc:  # e.g. an IPv6-literal origin, which py_vapid cannot sign for
+            return SendResult(blocked=True, error=f"cannot sign for this endpoint: {exc}")
         return SendResult(status=response.status)  # type: ignore[union-attr]
 
     async def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, empty, json
 
+from channels.store import Store
 from errors import InvalidSubscription
 from notify.addresses import RefusedEndpoint, resolve_public
 from notify.subscriptions import InvalidKeys, parse_subscription
@@ -40,7 +41,7 @@ async def subscribe(request: Request) -> HTTPResponse:
     return json({"endpoint": subscription.endpoint.url}, status=201)
 
 
-async def _drop_oldest(store, user_id: str) -> None:
+async def _drop_oldest(store: Store, user_id: str) -> None:
     subscriptions = await store.subscriptions_for(user_id)  # oldest first
     for old in subscriptions[:max(0, len(subscriptions) - MAX_SUBSCRIPTIONS_PER_USER)]:
         await store.delete_subscription(old.endpoint, user_id)

@@ -21,6 +21,7 @@ import pytest
 from websockets.sync.client import connect
 
 from notify.vapid import KEY_FILE_NAME
+from tests.notify.test_subscriptions import MALFORMED_KEYS
 from tests.support.push_service import Answer, BrowserSubscription, PushService
 from tests.support.server import ServerProcess
 from tests.support.waiting import wait_until
@@ -243,6 +244,9 @@ def test_a_push_service_that_never_answers_does_not_hold_up_anything(
     assert ws_until_terminal(user, user.ask("next question"), hidden)[-1]["event"] == "done"
     assert push_service.deliveries == []
     user.close()
+    # Nor does it hold up shutdown: pending pushes get the grace period, then are cancelled
+    # (ServerProcess.stop fails after 20 s; the push timeout is 30 s).
+    assert server.stop() == 0
 
 
 def test_a_push_service_that_refuses_connections_does_not_hold_up_the_answer(
@@ -280,6 +284,17 @@ def test_private_endpoints_are_refused_without_the_flag(make_server, push_servic
     wait_metric(server, "chime_push_skipped_total", 1, reason="no_subscriptions")
     assert push_service.attempts == [] and push_service.errors == []
     user.close()
+
+
+def test_every_malformed_key_is_400_and_stores_nothing(
+        server: ServerProcess, user: User, push_service: PushService) -> None:
+    key = user.http.get("/api/push/vapid-public-key").json()["public_key"]
+    endpoint = push_service.subscribe(key).endpoint
+    for kind, keys in MALFORMED_KEYS.items():
+        response = user.http.post("/api/push/subscriptions", json={"endpoint": endpoint, "keys": keys})
+        assert response.status_code == 400, kind
+        assert response.json()["error"]["code"] == "invalid_subscription", kind
+    assert stored_endpoints(server) == []
 
 
 # ---- the key pair ----------------------------------------------------------------------------

@@ -11,10 +11,15 @@ CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds the process has used (fields 14 and 15 of /proc/<pid>/stat)."""
+    return sum(cpu_split_s(pid))
+
+
+def cpu_split_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process."""
     with open(f"/proc/{pid}/stat", "rb") as stat:
         fields = stat.read().rsplit(b")", 1)[1].split()
     # fields[0] is field 3 (state), so utime (14) and stime (15) are at 11 and 12.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+    return int(fields[11]) / CLOCK_TICKS_PER_S, int(fields[12]) / CLOCK_TICKS_PER_S
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -38,16 +43,22 @@ class CpuMeter:
     """CPU seconds a process spent between ``start`` and ``stop``; pid None means this process."""
 
     pid: int | None
-    started: float = 0.0
+    started: tuple[float, float] = (0.0, 0.0)
     used_s: float = 0.0
+    system_s: float = 0.0  # the part spent in the kernel (syscalls, loopback TCP)
 
-    def read(self) -> float:
-        return own_cpu_s() if self.pid is None else cpu_s(self.pid)
+    def read(self) -> tuple[float, float]:
+        if self.pid is None:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            return usage.ru_utime, usage.ru_stime
+        return cpu_split_s(self.pid)
 
     def start(self) -> "CpuMeter":
         self.started = self.read()
         return self
 
     def stop(self) -> float:
-        self.used_s = self.read() - self.started
+        user, system = self.read()
+        self.system_s = system - self.started[1]
+        self.used_s = user - self.started[0] + self.system_s
         return self.used_s

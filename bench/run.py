@@ -64,11 +64,12 @@ class UpstreamProcess:
             self.process.wait(10)
 
 
-async def run(names: list[str], quick: bool, transports: tuple[str, ...]) -> list[dict[str, Any]]:
+async def run(names: list[str], quick: bool, transports: tuple[str, ...],
+              profile: bool = False) -> list[dict[str, Any]]:
     chosen = scenarios(quick)
     rows: list[dict[str, Any]] = []
     with UpstreamProcess() as upstream, tempfile.TemporaryDirectory(prefix="chime-bench-") as work:
-        bench = Bench(upstream.port, upstream.process.pid, Path(work), transports)  # type: ignore[union-attr]
+        bench = Bench(upstream.port, upstream.process.pid, Path(work), transports, profile)  # type: ignore[union-attr]
         for name in names or list(chosen):
             started = time.monotonic()
             async for result in chosen[name].rows(bench):
@@ -86,6 +87,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help=f"run only this scenario (repeatable): {', '.join(scenarios(False))}")
     parser.add_argument("--transport", action="append", choices=("sse", "ws"), default=[],
                         help="only this transport (repeatable); default both")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the server with py-spy into bench/results/profile-*.txt")
     args = parser.parse_args(argv)
     unknown = set(args.scenario) - set(scenarios(args.quick))
     if unknown:
@@ -100,9 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     raise_open_files_limit()  # servers started from here inherit it
     transports = tuple(args.transport) or ("sse", "ws")
     print(table([]), flush=True)
-    rows = uvloop.run(run(args.scenario, args.quick, transports))
+    rows = uvloop.run(run(args.scenario, args.quick, transports, args.profile))
     print("\n" + table(rows))
-    path = save(rows, {"quick": args.quick, "scenarios": args.scenario, "transports": transports})
+    path = save(rows, {"quick": args.quick, "scenarios": args.scenario, "transports": transports,
+                       "profile": args.profile})
     print(f"\nsaved {path.relative_to(ROOT)}")
 
 

@@ -19,6 +19,7 @@ import httpx
 
 from bench.clients import (READERS, DirectReader, Tally, Totals, direct_request, open_reader)
 from bench.procstat import CpuMeter, memory_kb
+from bench.profile import profiled
 from tests.support.server import ServerProcess
 
 SETUP_CONCURRENCY = 64        # streams being set up at once (POST + connect)
@@ -45,6 +46,7 @@ class Bench:
     upstream_pid: int
     work_dir: Path
     transports: tuple[str, ...] = ("sse", "ws")
+    profile: bool = False
     servers_started: int = 0
 
     def server(self, env: dict[str, str], data_dir: Path | None = None) -> ServerProcess:
@@ -93,6 +95,10 @@ class Window:
         return None if meter is None or not tokens else meter.used_s / tokens * 1e6
 
 
+def _system_share(meter: CpuMeter | None) -> float | None:
+    return 100 * meter.system_s / meter.used_s if meter is not None and meter.used_s else None
+
+
 def latency_figures(totals: Totals) -> dict[str, float | None]:
     values = sorted(totals.latencies_ns)
     if not values:
@@ -115,6 +121,7 @@ def row(scenario: str, transport: str, streams: int, totals: Totals, window: Win
         "tokens_per_s": delivered / span_s if span_s else None,
         "server_us_per_token": window.per_token_us("server", delivered),
         "server_peak_rss_mb": peak,
+        "server_system_pct": _system_share(window.meters["server"]),
         "upstream_us_per_token": window.per_token_us("upstream", delivered),
         "loadgen_us_per_token": window.per_token_us("loadgen", delivered),
         "loadgen_cpu_pct": 100 * loadgen_s / window.wall_s if window.wall_s else None,
@@ -179,7 +186,9 @@ class Streams:
                     reader = await open_reader(server.port, reader_type, request, tally)
                 await _ended(reader, tally)
 
-            with Window(server.process.pid, bench.upstream_pid) as window:  # type: ignore[union-attr]
+            pid = server.process.pid  # type: ignore[union-attr]
+            with profiled(pid, f"{self.name}-{transport}", bench.profile), \
+                    Window(pid, bench.upstream_pid) as window:
                 await _all(self.streams, one)
         return row(self.name, transport, self.streams, totals, window, server, totals_span_s(totals, window))
 
@@ -286,7 +295,8 @@ class Replay:
         deltas = REPLAY_EVENTS - 2 - first_seq
         totals = Totals()
         elapsed_ms: list[float] = []
-        with Window(server.process.pid, None) as window:  # type: ignore[union-attr]
+        pid = server.process.pid  # type: ignore[union-attr]
+        with profiled(pid, f"{self.name}-{label}-{transport}", bench.profile), Window(pid, None) as window:
             for _ in range(self.repeats):
                 tally = Tally(totals, deltas, first_seq)
                 started = time.monotonic_ns()

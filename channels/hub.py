@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 from channels.events import Event
 
-TAIL_EVENTS = 512
+TAIL_EVENTS = 64
 
 
 class Feed:

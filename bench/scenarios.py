@@ -283,11 +283,11 @@ class Replay:
             server = bench.server({}, data_dir)
             try:
                 for label, after in (("all", 0), ("last10", REPLAY_EVENTS - 10)):
-                    yield await self.read(server, transport, channel, token, label, after)
+                    yield await self.read(bench, server, transport, channel, token, label, after)
             finally:
                 stop(server)
 
-    async def read(self, server: ServerProcess, transport: str, channel: str, token: str,
+    async def read(self, bench: Bench, server: ServerProcess, transport: str, channel: str, token: str,
                    label: str, after: int) -> dict[str, Any]:
         reader_type, make_request = READERS[transport]
         request = make_request(f"127.0.0.1:{server.port}", channel, token, after)
@@ -303,7 +303,7 @@ class Replay:
                 reader = await open_reader(server.port, reader_type, request, tally)
                 await _ended(reader, tally)
                 elapsed_ms.append((time.monotonic_ns() - started) / 1e6)
-        result = row(f"{self.name}-{label}", transport, 1, totals, window, server)
+        result = row(f"{self.name}-{label}", transport, self.repeats, totals, window, server)
         events = REPLAY_EVENTS - after
         result.update({
             "p50_ms": statistics.median(elapsed_ms), "p99_ms": max(elapsed_ms), "max_ms": max(elapsed_ms),

@@ -27,7 +27,7 @@ KEEPALIVE_SSE = b": keepalive\n\n"
 class Event:
     """One entry of a channel's log: ``id`` is 1..n per channel, no gaps."""
 
-    __slots__ = ("channel", "id", "type", "data_json", "_sse", "_ws")
+    __slots__ = ("channel", "id", "type", "data_json", "_sse", "_ws", "_ws_frame")
 
     def __init__(self, channel: str, id: int, type: str, data_json: bytes):
         self.channel = channel
@@ -36,6 +36,7 @@ class Event:
         self.data_json = data_json
         self._sse: bytes | None = None
         self._ws: str | None = None
+        self._ws_frame: bytes | None = None
 
     @classmethod
     def make(cls, channel: str, id: int, type: str, data: dict[str, Any]) -> "Event":
@@ -59,6 +60,13 @@ class Event:
             self._ws = '{"id":%d,"event":"%s","data":%s}' % (self.id, self.type, self.data_json.decode())
         return self._ws
 
+    def ws_frame(self) -> bytes:
+        """The whole WebSocket text frame (server frames are unmasked), built once for every reader."""
+        if self._ws_frame is None:
+            self._ws_frame = ws_text_frame(b'{"id":%d,"event":"%s","data":%s}'
+                                           % (self.id, self.type.encode(), self.data_json))
+        return self._ws_frame
+
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "event": self.type, "data": self.data}
 
@@ -77,3 +85,22 @@ def sse_batch(events: list[Event]) -> bytes:
     if len(events) == 1:
         return events[0].sse()
     return b"".join(event.sse() for event in events)
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame (RFC 6455, section 5.2)."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x81, length))
+    elif length < 65_536:
+        header = b"\x81\x7e" + length.to_bytes(2, "big")
+    else:
+        header = b"\x81\x7f" + length.to_bytes(8, "big")
+    return header + payload
+
+
+def ws_batch(events: list[Event]) -> bytes:
+    """Several pending events, one frame each, as one write."""
+    if len(events) == 1:
+        return events[0].ws_frame()
+    return b"".join(event.ws_frame() for event in events)

@@ -13,8 +13,9 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.exceptions import WebsocketClosed
 from sanic.response import HTTPResponse, empty, json
+from sanic.server.websockets.impl import CLOSED, CLOSING
 
-from channels.events import KEEPALIVE_SSE, sse_batch
+from channels.events import KEEPALIVE_SSE, Event, sse_batch, ws_batch
 from channels.reader import read_once, replay_then_live
 from channels.store import ChannelRecord
 from errors import ApiError, InvalidParameter, NotFound
@@ -108,14 +109,30 @@ async def websocket(request: Request, ws, channel_id: str) -> None:
         _listen(ctx, ws, channel_id, reader), name=f"chime-ws-listen-{channel_id}")
     try:
         async for batch in replay_then_live(ctx.store, ctx.hub, channel_id, after, None):
-            for event in batch:
-                await ws.send(event.ws())
+            await send_events(ws, batch)
         await ws.close(code=WS_CLOSE_GOING_AWAY if ctx.hub.shutting_down else WS_CLOSE_NORMAL)
     except (asyncio.CancelledError, WebsocketClosed):
         pass  # the client went away
     finally:
         listener.cancel()
         ctx.presence.detach(reader)
+
+
+async def send_events(ws, events: list[Event]) -> None:
+    """One frame per event (API.md), all of a batch in one write.
+
+    The frames are the events' own cached bytes, shared by every reader. With a
+    negotiated extension (compression) the frames differ per connection, so
+    they go through the WebSocket protocol object one by one instead.
+    """
+    if ws.ws_proto.extensions:
+        for event in events:
+            await ws.send(event.ws())
+        return
+    async with ws.conn_mutex:  # the same lock ws.send() takes: frames never interleave
+        if ws.ws_proto.state in (CLOSED, CLOSING):
+            raise WebsocketClosed("the WebSocket is closed")
+        await ws.io_proto.send(ws_batch(events))
 
 
 async def _listen(ctx, ws, channel: str, reader) -> None:

@@ -401,11 +401,14 @@ class SQLiteStore:
         self._pending = [p for p in self._pending if p.event.channel not in failed]
         for channel in failed:
             self._logs.pop(channel, None)  # reload the true next id from the database
+        told = set()
         for p in doomed:
-            if p.future is None:
-                self._failures[p.event.channel] = exc
-            elif not p.future.done():
-                p.future.set_exception(exc)
+            if p.future is not None:
+                told.add(p.event.channel)
+                if not p.future.done():
+                    p.future.set_exception(exc)
+        for channel in failed - told:  # nobody awaited these: the channel's next append hears it
+            self._failures[channel] = exc
 
     async def _write_events(self, events: list[Event]) -> None:
         await self._w.run(_insert_events, self._w.db, events)

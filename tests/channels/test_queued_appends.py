@@ -1,0 +1,104 @@
+"""``append(..., wait=False)``: tokens queued without awaiting each commit, still never read uncommitted."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import AsyncIterator, Sequence
+
+import pytest
+
+from channels.events import DELTA, DONE, USAGE, Event
+from channels.sqlite_store import SQLiteStore
+from channels.store import Store
+from tests.channels.stores import STORE_KINDS, StoreKind
+from tests.channels.test_store_contract import new_channel, new_id, new_user
+
+
+@pytest.fixture(params=STORE_KINDS, ids=lambda kind: kind.name)
+def kind(request: pytest.FixtureRequest) -> StoreKind:
+    return request.param
+
+
+@pytest.fixture
+def location(tmp_path: Path) -> Path:
+    path = tmp_path / "store"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def store(kind: StoreKind, location: Path) -> AsyncIterator[Store]:
+    store = kind.make(location)
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_queued_events_are_committed_in_order_before_any_reader_hears_of_them(
+        store: Store, kind: StoreKind, location: Path) -> None:
+    channel = await new_channel(store)
+    heard: list[int] = []
+    committed_when_heard: list[bool] = []
+
+    def on_commit(events: Sequence[Event]) -> None:
+        ids = [e.id for e in events if e.channel == channel]
+        committed = set(kind.committed_ids(location, channel))
+        committed_when_heard.append(all(id_ in committed for id_ in ids))
+        heard.extend(ids)
+
+    store.on_commit = on_commit
+    queued = [await store.append(channel, DELTA, {"content": f"{n} "}, wait=False) for n in range(50)]
+    usage = await store.append(channel, USAGE, {"prompt_tokens": 1, "completion_tokens": 50,
+                                                "total_tokens": 51}, wait=False)
+    end = await store.append(channel, DONE, {"finish_reason": "stop"})
+
+    assert [e.id for e in queued] == list(range(2, 52)) and usage.id == 52 and end.id == 53
+    assert kind.committed_ids(location, channel) == list(range(1, 54))  # the terminal waited for all
+    assert heard == list(range(2, 54)) and all(committed_when_heard)
+    assert await store.channel_content(channel) == "".join(f"{n} " for n in range(50))
+
+
+async def test_a_terminal_event_is_never_only_queued(store: Store, kind: StoreKind, location: Path) -> None:
+    channel = await new_channel(store)
+    end = await store.append(channel, DONE, {"finish_reason": "stop"}, wait=False)
+    assert kind.committed_ids(location, channel)[-1] == end.id == 2
+
+
+async def test_deleting_a_conversation_waits_for_its_queued_events(
+        store: Store, kind: StoreKind, location: Path) -> None:
+    user = await new_user(store)
+    conversation = (await store.create_conversation(new_id(), user, "t")).id
+    channel = await new_channel(store, user, conversation)
+    for n in range(20):
+        await store.append(channel, DELTA, {"content": str(n)}, wait=False)
+    assert await store.delete_conversation(conversation) == [channel]
+    assert kind.committed_ids(location, channel) == []  # no event outlived its channel
+    assert await store.get_channel(channel) is None
+
+
+async def test_a_failed_commit_drops_the_queued_events_and_fails_the_next_append(tmp_path: Path) -> None:
+    path = tmp_path / "chime.sqlite3"
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        channel = await new_channel(store)
+        await store.append(channel, DELTA, {"content": "kept"})
+        with sqlite3.connect(path) as db:  # a real write failure, raised by SQLite itself
+            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.data = CAST('{\"content\":\"boom\"}' "
+                       "AS BLOB) BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        heard: list[int] = []
+        store.on_commit = lambda events: heard.extend(e.id for e in events)
+        for content in ("lost 1", "boom", "lost 2"):
+            await store.append(channel, DELTA, {"content": content}, wait=False)
+        with pytest.raises(sqlite3.DatabaseError, match="refused"):
+            await store.append(channel, DELTA, {"content": "after the failure"})
+        assert heard == []  # nothing of the failed batch reached a reader
+
+        after = await store.append(channel, DELTA, {"content": " again"})
+        end = await store.append(channel, DONE, {"finish_reason": "stop"})
+        assert (after.id, end.id) == (3, 4)  # ids continue with no gap
+        assert [e.id for e in await store.read_after(channel, 0)] == [1, 2, 3, 4]
+        assert await store.channel_content(channel) == "kept again"
+    finally:
+        await store.close()

@@ -66,8 +66,23 @@ async function showPush(event) {
 async function openAnswer(notification) {
   const { url = "/", channel = null } = notification.data ?? {};
   const existing = await windowShowing(channel, url, { focusedOnly: false });
-  if (existing) return existing.focus();
-  return self.clients.openWindow(url);
+  if (existing) return existing.focus().catch(() => existing);
+  try {
+    return await self.clients.openWindow(url);
+  } catch {
+    // The browser refused a new window (it didn't count this as the user's
+    // click): show the answer in a Chime tab that is already open instead.
+    const [tab] = await windows();
+    return tab ? tab.navigate(url) : null;
+  }
+}
+
+// Pushes are handled one after another, so notifications appear in the order
+// the answers ended and each decision sees the previous one done.
+let pushQueue = Promise.resolve();
+function enqueuePush(event) {
+  pushQueue = pushQueue.then(() => showPush(event)).catch((err) => console.error("Chime push:", err));
+  return pushQueue;
 }
 
 /** Keep the worker alive for `promise` when the browser dispatched the event. */
@@ -80,7 +95,7 @@ function extend(event, promise) {
   return promise;
 }
 
-self.addEventListener("push", (event) => { extend(event, showPush(event)); });
+self.addEventListener("push", (event) => { extend(event, enqueuePush(event)); });
 
 self.addEventListener("notificationclick", (event) => {
   event.notification.close();

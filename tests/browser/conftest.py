@@ -78,7 +78,7 @@ def make_context(browser: Browser, proxy: TcpProxy, page_errors: PageErrors) -> 
     contexts: list[BrowserContext] = []
 
     def make(**options) -> BrowserContext:
-        context = browser.new_context(base_url=proxy.url, **options)
+        context = browser.new_context(**{"base_url": proxy.url, **options})
         context.set_default_timeout(EXPECT_TIMEOUT_MS)
         context.on("page", page_errors.watch)
         contexts.append(context)

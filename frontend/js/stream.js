@@ -3,7 +3,7 @@
 // from the last id seen, and an id we already have is never applied twice.
 import { cancelChannel, reportPresence } from "./api.js";
 
-export const TRANSPORTS = { sse: "EventSource (SSE)", ws: "WebSocket" };
+export const TRANSPORTS = { sse: "EventSource", ws: "WebSocket" };
 export const TERMINAL = new Set(["done", "error", "cancelled", "interrupted"]);
 const EVENT_TYPES = ["meta", "delta", "usage", "done", "cancelled", "interrupted"];
 

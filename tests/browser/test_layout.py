@@ -1,0 +1,79 @@
+"""Keyboard, sidebar, Stop, phone and dark layouts; screenshots go to artifacts/screenshots/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.chat_page import ask, last_answer, open_chat, wait_finished, wait_for_text
+
+VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+
+
+def test_keyboard_only_enter_sends_and_shift_enter_breaks_the_line(page: Page) -> None:
+    open_chat(page)
+    for _ in range(12):  # Tab through the page until the message box has focus
+        if page.evaluate("document.activeElement.id") == "message":
+            break
+        page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "message"
+    page.keyboard.type("first line")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("second line")
+    assert page.locator("#message").input_value() == "first line\nsecond line"
+    page.keyboard.press("Enter")
+    expect(page.locator("article.message.user")).to_have_text("first line\nsecond line")
+    wait_finished(last_answer(page))
+
+
+def test_stop_cancels_the_running_answer(page: Page) -> None:
+    open_chat(page)
+    channel = ask(page, "A long answer I will stop")
+    wait_for_text(last_answer(page), "You asked")
+    expect(page.locator("#stop")).to_be_visible()
+    page.click("#stop")
+    wait_finished(last_answer(page), "cancelled")
+    expect(page.locator("#stop")).to_be_hidden()
+    assert page.request.get(f"/api/channels/{channel}").json()["status"] == "cancelled"
+
+
+def test_the_sidebar_makes_switches_and_deletes_conversations(page: Page) -> None:
+    open_chat(page)
+    ask(page, "First conversation")
+    wait_finished(last_answer(page))
+    page.click("#new-chat")
+    ask(page, "Second conversation")
+    wait_finished(last_answer(page))
+    items = page.locator("#conversations li")
+    expect(items).to_have_count(2)
+
+    page.locator(".conversation-link", has_text="First conversation").click()
+    expect(page.locator("article.message.user")).to_have_text("First conversation")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.locator("#conversations li", has_text="Second conversation").locator(".delete").click()
+    expect(items).to_have_count(1)
+    assert [c["title"] for c in page.request.get("/api/conversations").json()["conversations"]] == [
+        "First conversation"]
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("size", list(VIEWPORTS))
+def test_chat_and_answer_pages_fit_the_screen(make_context, screenshots: Path, size: str, scheme: str) -> None:
+    context = make_context(viewport=VIEWPORTS[size], color_scheme=scheme, reduced_motion="reduce")
+    page = context.new_page()
+    open_chat(page)
+    channel = ask(page, "Show me how **Chime** renders `code` and lists")
+    wait_finished(last_answer(page))
+    no_sideways_scroll = "document.documentElement.scrollWidth <= window.innerWidth"
+    assert page.evaluate(no_sideways_scroll)
+    page.screenshot(path=screenshots / f"chat-{size}-{scheme}.png")
+    if size == "phone":
+        page.click("#toggle-sidebar")
+        expect(page.locator("#new-chat")).to_be_focused()
+        page.screenshot(path=screenshots / f"chat-{size}-{scheme}-sidebar.png")
+    page.goto(f"/c/{channel}")
+    wait_finished(last_answer(page))
+    assert page.evaluate(no_sideways_scroll)
+    page.screenshot(path=screenshots / f"answer-{size}-{scheme}.png", full_page=True)

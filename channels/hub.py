@@ -26,7 +26,7 @@ class Feed:
         self.first_id = 0          # id of tail[0]; 0 while the tail is empty
         self.last_id: int | None = None  # last committed id seen by this feed
         self.closed = False        # the terminal event was published
-        self._waiters: set[asyncio.Future[None]] = set()
+        self._waiters: set[asyncio.Future[bool]] = set()
         self.refs = 0
 
     def add(self, events: Sequence[Event]) -> None:
@@ -62,22 +62,28 @@ class Feed:
         """Wait for an event with id > after; False when the timeout ran out first."""
         if self.has_after(after) or self.closed:
             return True
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
         self._waiters.add(waiter)
+        # One timer handle, not an asyncio.timeout() scope: this runs once per event per reader.
+        timer = loop.call_later(timeout_s, _expire, waiter) if timeout_s is not None else None
         try:
-            async with asyncio.timeout(timeout_s):
-                await waiter
-            return True
-        except TimeoutError:
-            return False
+            return await waiter
         finally:
+            if timer is not None:
+                timer.cancel()
             self._waiters.discard(waiter)
 
     def wake(self) -> None:
         for waiter in self._waiters:
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)
         self._waiters.clear()
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 class Hub:

@@ -28,7 +28,7 @@ import openai
 import orjson
 
 from llm.base import Chunk, ModelError
-from llm.network import lean_transport
+from llm.http11 import LeanTransport
 from settings import Settings
 
 log = logging.getLogger("chime.model")
@@ -75,8 +75,7 @@ class OpenAIProvider:
             # The read timeout is the stall limit: no byte for that long ends the answer.
             timeout=httpx2.Timeout(connect=settings.model_connect_timeout_s, read=settings.model_stall_s,
                                    write=WRITE_TIMEOUT_S, pool=settings.model_connect_timeout_s),
-            http_client=http_client or openai.DefaultAsyncHttpxClient(
-                transport=lean_transport(openai.DEFAULT_CONNECTION_LIMITS)),
+            http_client=http_client or openai.DefaultAsyncHttpxClient(transport=LeanTransport()),
         )
 
     async def close(self) -> None:

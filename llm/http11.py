@@ -1,0 +1,343 @@
+"""A lean HTTP/1.1 transport for the model's HTTP client (``httpx2.AsyncBaseTransport``).
+
+The OpenAI SDK still builds every request (URL, headers, auth, JSON body) and
+reads every status and error; only the bytes on the wire are handled here.
+httpcore2 turns each HTTP chunk of a streamed answer into an h11 event and
+passes it through five async iterators, and its pool scans every connection
+on each request and release: with a model sending one token per chunk that
+was the largest share of the server's CPU per token. Here a read takes every
+byte that has arrived and decodes all the complete chunks in it at once, and
+the pool is a list of idle connections per host.
+
+Failures are raised as httpx2's own exceptions (``ConnectError``,
+``ConnectTimeout``, ``ReadTimeout``, ``WriteTimeout``, ``RemoteProtocolError``)
+so the SDK and the provider classify them exactly as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from typing import Any, AsyncIterator
+
+import httpx2
+
+# Reading stops (TCP back-pressure) while this much is buffered and unread.
+MAX_BUFFERED_BYTES = 256 * 1024
+
+
+class _Buffered(asyncio.Protocol):
+    """Collects what arrives; one reader waits on ``waiter`` when there is nothing."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.eof = False
+        self.error: Exception | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.drained: asyncio.Future[None] | None = None
+        self.paused_reading = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > MAX_BUFFERED_BYTES and not self.paused_reading:
+            self.paused_reading = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.error = exc
+        self._wake()
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self.drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        self.drained = None
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def take_all(self, taken: int) -> None:
+        """``taken`` bytes were read straight from ``chunks``."""
+        self.buffered -= taken
+        if self.paused_reading and self.buffered <= MAX_BUFFERED_BYTES // 2:
+            self.paused_reading = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+
+async def _wait(future: asyncio.Future[None], timeout: float | None, error: type[Exception]) -> None:
+    """Await ``future``; past ``timeout`` seconds raise ``error`` (a single timer, no cancel scope)."""
+    if timeout is None:
+        await future
+        return
+    loop = asyncio.get_running_loop()
+    timer = loop.call_later(timeout, lambda: future.done() or future.set_exception(error("timed out")))
+    try:
+        await future
+    finally:
+        timer.cancel()
+
+
+# Idle keep-alive connections kept per host, and for how long.
+MAX_IDLE_PER_HOST = 100
+KEEPALIVE_EXPIRY_S = 5.0
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class _Connection:
+    def __init__(self, key: tuple[str, str, int], transport: asyncio.Transport, protocol: _Buffered):
+        self.key = key
+        self.transport = transport
+        self.protocol = protocol
+        self.buffer = b""
+        self.idle_since = 0.0
+
+    @property
+    def reusable(self) -> bool:
+        """Idle and untouched: no bytes, EOF or error arrived since the last response ended."""
+        protocol = self.protocol
+        return (not self.transport.is_closing() and not protocol.chunks and not protocol.eof
+                and time.monotonic() - self.idle_since < KEEPALIVE_EXPIRY_S)
+
+    async def read(self, timeout: float | None) -> bytes:
+        """Every byte that has arrived (waiting for some); b"" at the end of the stream."""
+        protocol = self.protocol
+        if not protocol.chunks and not protocol.eof:
+            protocol.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await _wait(protocol.waiter, timeout, httpx2.ReadTimeout)
+            finally:
+                protocol.waiter = None
+        if protocol.chunks:
+            data = b"".join(protocol.chunks) if len(protocol.chunks) > 1 else protocol.chunks[0]
+            protocol.chunks.clear()
+            protocol.take_all(len(data))
+            return data
+        return b""
+
+    async def write(self, data: bytes, timeout: float | None) -> None:
+        if self.transport.is_closing():
+            raise httpx2.WriteError("the connection to the model closed")
+        self.transport.write(data)
+        if self.protocol.drained is not None:
+            await _wait(self.protocol.drained, timeout, httpx2.WriteTimeout)
+
+    async def read_head(self, timeout: float | None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            if len(self.buffer) > MAX_HEAD_BYTES:
+                raise httpx2.RemoteProtocolError("the model's response head is too long")
+            data = await self.read(timeout)
+            if not data:
+                raise httpx2.RemoteProtocolError("Server disconnected without sending a response.")
+            self.buffer += data
+        head, self.buffer = self.buffer[:end], self.buffer[end + 4:]
+        status_line, *lines = head.split(b"\r\n")
+        parts = status_line.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise httpx2.RemoteProtocolError(f"malformed status line {status_line[:80]!r}")
+        headers = []
+        for line in lines:
+            name, colon, value = line.partition(b":")
+            if not colon:
+                raise httpx2.RemoteProtocolError("malformed response header")
+            headers.append((name.strip(), value.strip()))
+        return int(parts[1]), parts[2] if len(parts) > 2 else b"", headers
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class _Body(httpx2.AsyncByteStream):
+    """The response body: Content-Length, chunked, or up to the close of the connection."""
+
+    def __init__(self, owner: "LeanTransport", connection: _Connection, headers: list[tuple[bytes, bytes]],
+                 bodyless: bool, timeout: float | None):
+        self.owner = owner
+        self.connection = connection
+        self.timeout = timeout
+        names = {name.lower(): value for name, value in headers}
+        self.chunked = b"chunked" in names.get(b"transfer-encoding", b"").lower()
+        length = names.get(b"content-length")
+        self.remaining = 0 if bodyless else (int(length) if length is not None and not self.chunked else None)
+        self.keep_alive = names.get(b"connection", b"").lower() != b"close" and (
+            self.chunked or self.remaining is not None)
+        self.complete = self.remaining == 0 and not self.chunked
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self.chunked:
+            decoder = _ChunkDecoder()
+            data, self.connection.buffer = self.connection.buffer, b""
+            while True:
+                body = decoder.feed(data)
+                if body:
+                    yield body
+                if decoder.done:
+                    self.complete = True
+                    return
+                data = await self._more()
+        else:
+            data, self.connection.buffer = self.connection.buffer, b""
+            while not self.complete:
+                if self.remaining is not None:
+                    data, extra = data[:self.remaining], data[self.remaining:]
+                    self.remaining -= len(data)
+                    self.complete = self.remaining == 0
+                    if extra:
+                        self.keep_alive = False  # bytes past the body: do not trust the connection
+                if data:
+                    yield data
+                if self.complete:
+                    return
+                data = await self.connection.read(self.timeout)
+                if not data:
+                    if self.remaining is None:
+                        self.complete = True  # the body ran to the close of the connection
+                        return
+                    raise httpx2.RemoteProtocolError("peer closed connection without sending complete "
+                                                     "message body")
+
+    async def _more(self) -> bytes:
+        data = await self.connection.read(self.timeout)
+        if not data:
+            raise httpx2.RemoteProtocolError("peer closed connection without sending complete message body "
+                                             "(incomplete chunked read)")
+        return data
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.complete and self.keep_alive:
+            self.owner.release(self.connection)
+        else:
+            self.connection.close()
+
+
+class _ChunkDecoder:
+    """Transfer-Encoding: chunked, any number of chunks per feed."""
+
+    def __init__(self) -> None:
+        self.pending = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        buffer = self.pending + data if self.pending else data
+        out: list[bytes] = []
+        position = 0
+        while True:
+            line_end = buffer.find(b"\r\n", position)
+            if line_end < 0:
+                break
+            size_text = buffer[position:line_end].split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise httpx2.RemoteProtocolError("malformed chunk size in the model's response") from None
+            if size == 0:
+                self.done = True  # trailers, if any, are ignored
+                return b"".join(out)
+            start, end = line_end + 2, line_end + 2 + size
+            if len(buffer) < end + 2:
+                break
+            out.append(buffer[start:end])
+            position = end + 2
+        self.pending = buffer[position:]
+        return b"".join(out) if len(out) != 1 else out[0]
+
+
+class LeanTransport(httpx2.AsyncBaseTransport):
+    def __init__(self, ssl_context: ssl.SSLContext | None = None):
+        self._ssl_context = ssl_context
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        url = request.url
+        if url.scheme not in ("http", "https"):
+            raise httpx2.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
+        key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        body = await request.aread()
+        connection = self._reuse(key) or await self._connect(key, timeouts.get("connect"))
+        try:
+            await connection.write(_request_head(request, body) + body, timeouts.get("write"))
+            status, reason, headers = await connection.read_head(timeouts.get("read"))
+        except BaseException:
+            connection.close()
+            raise
+        bodyless = request.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        stream = _Body(self, connection, headers, bodyless, timeouts.get("read"))
+        return httpx2.Response(status, headers=headers, stream=stream,
+                               extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason})
+
+    def _reuse(self, key: tuple[str, str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()
+            if connection.reusable:
+                return connection
+            connection.close()
+        return None
+
+    def release(self, connection: _Connection) -> None:
+        idle = self._idle.setdefault(connection.key, [])
+        if len(idle) >= MAX_IDLE_PER_HOST:
+            connection.close()
+            return
+        connection.idle_since = time.monotonic()
+        idle.append(connection)
+
+    async def _connect(self, key: tuple[str, str, int], timeout: float | None) -> _Connection:
+        scheme, host, port = key
+        tls = None
+        if scheme == "https":
+            tls = self._ssl_context = self._ssl_context or httpx2.create_ssl_context()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport, protocol = await loop.create_connection(
+                    _Buffered, host, port, ssl=tls, server_hostname=host if tls else None)
+        except TimeoutError:
+            raise httpx2.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise httpx2.ConnectError(str(exc) or type(exc).__name__) from exc
+        return _Connection(key, transport, protocol)  # type: ignore[arg-type]
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+
+
+def _request_head(request: httpx2.Request, body: bytes) -> bytes:
+    target = request.url.raw_path
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode(), target)]
+    has_length = False
+    for name, value in request.headers.raw:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding":
+            continue  # the body is sent whole, with its length
+        has_length = has_length or lowered == b"content-length"
+        lines.append(name + b": " + value)
+    if body and not has_length:
+        lines.append(b"content-length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n"

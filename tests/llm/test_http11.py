@@ -1,0 +1,166 @@
+"""The lean HTTP/1.1 transport under the model client, against a real loopback server."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import AsyncIterator, Awaitable, Callable
+
+import httpx2
+import pytest
+
+from llm.http11 import LeanTransport, _ChunkDecoder
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def chunked(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    return head + await reader.readexactly(length)
+
+
+class Server:
+    """A loopback server running ``handler`` per connection; counts connections."""
+
+    def __init__(self, handler: Handler):
+        self.handler = handler
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d" % self.server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[Server]]]:
+    started: list[Server] = []
+
+    async def start(handler: Handler) -> Server:
+        server = Server(handler)
+        server.server = await asyncio.start_server(server._serve, "127.0.0.1", 0)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.server.close()  # type: ignore[union-attr]
+
+
+def client(timeout: float = 5.0) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(transport=LeanTransport(), timeout=timeout)
+
+
+def test_the_chunk_decoder_gives_the_body_however_the_bytes_are_split() -> None:
+    pieces = [b"data: {\"n\": %d}\n\n" % n for n in range(40)] + [b"x" * 300]
+    wire = chunked(*pieces)
+    rng = random.Random(7)
+    for _ in range(50):
+        decoder, body, position = _ChunkDecoder(), b"", 0
+        while position < len(wire):
+            step = rng.randint(1, 40)
+            body += decoder.feed(wire[position:position + step])
+            position += step
+        assert decoder.done and body == b"".join(pieces)
+
+
+async def test_a_streamed_chunked_answer_arrives_whole_and_the_connection_is_reused(serve) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await read_request(reader)
+            assert request.startswith(b"POST /v1/chat HTTP/1.1\r\n") and request.endswith(b'{"q":1}')
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            for n in range(20):
+                writer.write(b"%x\r\n%s\r\n" % (len(b"tok%d " % n), b"tok%d " % n))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+
+    server = await serve(handler)
+    async with client() as http:
+        for _ in range(3):
+            async with http.stream("POST", server.url + "/v1/chat", json={"q": 1}) as response:
+                assert response.status_code == 200
+                body = b"".join([piece async for piece in response.aiter_bytes()])
+            assert body == b"".join(b"tok%d " % n for n in range(20))
+    assert server.connections == 1
+
+
+async def test_content_length_and_read_to_close_bodies(serve) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await read_request(reader)
+            if request.startswith(b"GET /close "):
+                writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end")
+                await writer.drain()
+                return
+            writer.write(b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 2\r\ncontent-length: 11\r\n\r\n"
+                         b'{"e":"429"}')
+
+    server = await serve(handler)
+    async with client() as http:
+        for _ in range(2):
+            limited = await http.get(server.url + "/limited")
+            assert (limited.status_code, limited.headers["retry-after"], limited.json()) == (429, "2", {"e": "429"})
+        assert server.connections == 1  # a Content-Length body leaves the connection reusable
+        assert (await http.get(server.url + "/close")).text == "until the end"
+        assert (await http.get(server.url + "/limited")).status_code == 429
+    assert server.connections == 2  # a body that ran to the close is never followed on that connection
+
+
+async def test_a_connection_lost_mid_answer_is_a_protocol_error(serve) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+
+    server = await serve(handler)
+    async with client() as http:
+        async with http.stream("GET", server.url) as response:
+            received = []
+            with pytest.raises(httpx2.RemoteProtocolError):
+                async for piece in response.aiter_bytes():
+                    received.append(piece)
+    assert received == [b"hello"]
+
+
+async def test_a_silent_server_is_a_read_timeout(serve) -> None:
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        await release.wait()
+
+    server = await serve(handler)
+    try:
+        async with client(timeout=0.2) as http:
+            async with http.stream("GET", server.url) as response:
+                with pytest.raises(httpx2.ReadTimeout):
+                    await asyncio.wait_for(response.aread(), 10)
+    finally:
+        release.set()
+
+
+async def test_a_refused_connection_is_a_connect_error(serve) -> None:
+    server = await serve(lambda reader, writer: asyncio.sleep(0))
+    url = server.url
+    server.server.close()  # type: ignore[union-attr]
+    await server.server.wait_closed()  # type: ignore[union-attr]
+    async with client() as http:
+        with pytest.raises(httpx2.ConnectError):
+            await http.get(url)

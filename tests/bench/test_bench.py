@@ -1,0 +1,53 @@
+"""The benchmark's own parts: its token accounting, and one tiny run through the real server."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from bench.clients import Tally, Totals
+from bench.run import UpstreamProcess
+from bench.scenarios import Bench, Replay, Streams
+
+
+def feed(tally: Tally, seqs: list[int], emitted_ns: int = 1_000, received_ns: int = 3_000) -> None:
+    tally.tokens(b"".join(b'data: {"content":"~%d.%d~"}\n\n' % (seq, emitted_ns) for seq in seqs), received_ns)
+
+
+def test_the_tally_counts_lost_duplicated_and_out_of_order_tokens() -> None:
+    totals = Totals()
+    in_order = Tally(totals, expected=3)
+    feed(in_order, [0, 1, 2])
+    in_order.close("done")
+    messy = Tally(totals, expected=6)
+    feed(messy, [0, 2, 1, 1, 3])  # 2 before 1, then 1 again; 4 and 5 never come
+    messy.close("done")
+    assert (totals.delivered, totals.lost, totals.duplicated, totals.out_of_order) == (7, 2, 1, 2)
+    assert list(totals.latencies_ns) == [2_000] * 8 and totals.failed_streams == 0
+
+
+def test_tokens_emitted_before_the_reader_attached_are_replays_not_latencies() -> None:
+    totals = Totals()
+    tally = Tally(totals, expected=2)
+    tally.attached_ns = 2_000
+    feed(tally, [0], emitted_ns=1_000)
+    feed(tally, [1], emitted_ns=2_500)
+    tally.close("error")
+    assert (totals.replayed, list(totals.latencies_ns), totals.failed_streams) == (1, [500], 1)
+
+
+async def test_a_tiny_run_measures_every_token_through_the_real_server() -> None:
+    with UpstreamProcess() as upstream, tempfile.TemporaryDirectory() as work:
+        bench = Bench(upstream.port, upstream.process.pid, Path(work))  # type: ignore[union-attr]
+        rows = [row async for row in Streams("tiny", 3, 20, 200, 300).rows(bench)]
+        rows += [row async for row in Replay("replay", repeats=1).rows(bench)]
+    assert [(r["scenario"], r["transport"]) for r in rows] == [
+        ("tiny", "direct"), ("tiny", "sse"), ("tiny", "ws"), ("replay-all", "sse"), ("replay-last10", "sse"),
+        ("replay-all", "ws"), ("replay-last10", "ws")]
+    for row in rows[:3]:  # every token of every stream, in order, once, with a latency
+        assert (row["delivered"], row["lost"], row["duplicated"], row["out_of_order"]) == (60, 0, 0, 0)
+        assert row["failed_streams"] == 0 and row["p50_ms"] is not None and row["max_ms"] >= row["p50_ms"]
+    for row in rows[1:3]:
+        assert row["server_us_per_token"] is not None and row["server_peak_rss_mb"] > 0
+    for row in rows[3:]:
+        assert row["lost"] == 0 and row["failed_streams"] == 0 and row["endings"] == {"done": 1}

@@ -7,6 +7,7 @@ process (fan-out and presence live in its memory).
 from __future__ import annotations
 
 import logging
+import resource
 import sys
 from types import SimpleNamespace
 
@@ -28,6 +29,9 @@ from settings import Settings, SettingsError
 log = logging.getLogger("chime")
 
 APP_NAME = "chime"
+# Connections a burst of readers may queue before accept(); Sanic's default of 100
+# drops SYNs when thousands reconnect at once (e.g. after a restart).
+LISTEN_BACKLOG = 1024
 
 
 def create_app(settings: Settings | None = None) -> Sanic:
@@ -123,8 +127,17 @@ def main() -> None:
         print(f"chime: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise_open_files_limit()
     app = create_app(settings)
-    app.run(host=settings.host, port=settings.port, single_process=True, access_log=False, motd=False)
+    app.run(host=settings.host, port=settings.port, single_process=True, access_log=False, motd=False,
+            backlog=LISTEN_BACKLOG)
+
+
+def raise_open_files_limit() -> None:
+    """Every reader holds a socket: lift the soft open-files limit to the hard one (often 1,024 -> more)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 if __name__ == "__main__":

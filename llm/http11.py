@@ -109,6 +109,10 @@ class _Connection:
         self.protocol = protocol
         self.buffer = b""
         self.idle_since = 0.0
+        # Stall detection: one timer per connection that re-arms itself, not one per read
+        # (uvloop's call_later + cancel per token was ~6% of the server's CPU).
+        self._read_deadline: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
     def reusable(self) -> bool:
@@ -121,17 +125,41 @@ class _Connection:
         """Every byte that has arrived (waiting for some); b"" at the end of the stream."""
         protocol = self.protocol
         if not protocol.chunks and not protocol.eof:
-            protocol.waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            protocol.waiter = loop.create_future()
+            if timeout is not None:
+                self._arm(loop, loop.time() + timeout)
             try:
-                await _wait(protocol.waiter, timeout, httpx2.ReadTimeout)
+                await protocol.waiter
             finally:
                 protocol.waiter = None
+                self._read_deadline = None
         if protocol.chunks:
             data = b"".join(protocol.chunks) if len(protocol.chunks) > 1 else protocol.chunks[0]
             protocol.chunks.clear()
             protocol.take_all(len(data))
             return data
         return b""
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        self._read_deadline = deadline
+        if self._watchdog is not None and self._watchdog.when() > deadline:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._check_stall, loop)
+
+    def _check_stall(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watchdog = None
+        deadline = self._read_deadline
+        if deadline is None:
+            return  # no read is waiting; the next one arms the watchdog again
+        if loop.time() < deadline:
+            self._watchdog = loop.call_at(deadline, self._check_stall, loop)
+            return
+        waiter = self.protocol.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(httpx2.ReadTimeout("no byte from the model within the read timeout"))
 
     async def write(self, data: bytes, timeout: float | None) -> None:
         if self.transport.is_closing():
@@ -162,6 +190,9 @@ class _Connection:
         return int(parts[1]), parts[2] if len(parts) > 2 else b"", headers
 
     def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self.transport.close()
 
 

@@ -128,16 +128,20 @@ CHECKPOINT_EVERY_EVENTS = 20_000
 class _Pending:
     event: Event
     future: asyncio.Future[None] | None
+    answer: str | None = None  # a terminal event's joined deltas, when the writer saw them all
 
 
 class _ChannelLog:
     """What the writer knows of a channel it is appending to."""
 
-    __slots__ = ("next_id", "closed")
+    __slots__ = ("next_id", "closed", "pieces")
 
-    def __init__(self, next_id: int, closed: bool):
+    def __init__(self, next_id: int, closed: bool, pieces: list[str] | None = None):
         self.next_id = next_id
         self.closed = closed
+        # Every delta's content so far, when this process appended all of them (None after a
+        # restart): the terminal commit then stores the answer without reading it back on the loop.
+        self.pieces = pieces
 
 
 class SQLiteStore:
@@ -288,7 +292,7 @@ class SQLiteStore:
         await self._write(("INSERT INTO channels (id, user_id, conversation_id, model, status, created_at) "
                            "VALUES (?, ?, ?, ?, 'running', ?)", (channel_id, user_id, conversation_id, model,
                                                                   utc_now())))
-        self._logs[channel_id] = _ChannelLog(1, False)
+        self._logs[channel_id] = _ChannelLog(1, False, [])
         return await self.append(channel_id, "meta", {
             "channel": channel_id, "conversation_id": conversation_id, "model": model})
 
@@ -324,14 +328,18 @@ class SQLiteStore:
             raise ChannelClosed(channel_id)
         event = Event.make(channel_id, log_.next_id, type, data)
         log_.next_id += 1
+        answer = None
+        if type == DELTA and log_.pieces is not None:
+            log_.pieces.append(data["content"])
         if type in TERMINAL_TYPES:
             log_.closed = True
+            answer = "".join(log_.pieces) if log_.pieces is not None else None
         elif not wait and len(self._pending) < MAX_UNAWAITED_BACKLOG:
             self._pending.append(_Pending(event, None))
             self._wake.set()
             return event
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(event, future))
+        self._pending.append(_Pending(event, future, answer))
         self._wake.set()
         await future
         return event
@@ -373,8 +381,9 @@ class SQLiteStore:
 
     async def _commit(self, batch: list[_Pending]) -> None:
         events = [p.event for p in batch]
+        answers = {p.event.channel: p.answer for p in batch if p.answer is not None}
         try:
-            await self._write_events(events)
+            await self._write_events(events, answers)
         except Exception as exc:  # the disk is full, the file is gone: fail the batch, not the server
             log.exception("commit of %d events failed", len(events))
             self._fail(batch, exc)
@@ -410,8 +419,8 @@ class SQLiteStore:
         for channel in failed - told:  # nobody awaited these: the channel's next append hears it
             self._failures[channel] = exc
 
-    async def _write_events(self, events: list[Event]) -> None:
-        await self._w.run(_insert_events, self._w.db, events)
+    async def _write_events(self, events: list[Event], answers: dict[str, str]) -> None:
+        await self._w.run(_insert_events, self._w.db, events, answers)
 
     def _maybe_checkpoint(self, committed: int) -> None:
         """Copy the WAL into the database off the loop, once enough was written."""
@@ -511,7 +520,7 @@ def _run_statements(db: sqlite3.Connection, statements: list[tuple[str, Sequence
     return changed
 
 
-def _insert_events(db: sqlite3.Connection, events: list[Event]) -> None:
+def _insert_events(db: sqlite3.Connection, events: list[Event], answers: dict[str, str]) -> None:
     """One group commit: the events, and what a usage or terminal event changes besides."""
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -520,15 +529,17 @@ def _insert_events(db: sqlite3.Connection, events: list[Event]) -> None:
             if event.type == USAGE:
                 db.execute(SQL_SET_USAGE, (event.data_json, event.channel))
             elif event.type in TERMINAL_TYPES:
-                _finish_channel(db, event)
+                _finish_channel(db, event, answers.get(event.channel))
     except BaseException:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
 
 
-def _finish_channel(db: sqlite3.Connection, event: Event) -> None:
-    rows = db.execute(SQL_DELTAS, (event.channel,)).fetchall()
-    content = "".join(orjson.loads(data)["content"] for (data,) in rows)
+def _finish_channel(db: sqlite3.Connection, event: Event, answer: str | None) -> None:
+    if answer is None:  # appended partly by an earlier process: the deltas are the truth
+        rows = db.execute(SQL_DELTAS, (event.channel,)).fetchall()
+        answer = "".join(orjson.loads(data)["content"] for (data,) in rows)
+    content = answer
     db.execute(SQL_FINISH_CHANNEL, (event.type, utc_now(), event.channel))
     db.execute(SQL_FINISH_MESSAGE, (content, event.type, event.channel))

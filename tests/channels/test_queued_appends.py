@@ -102,3 +102,28 @@ async def test_a_failed_commit_drops_the_queued_events_and_fails_the_next_append
         assert await store.channel_content(channel) == "kept again"
     finally:
         await store.close()
+
+
+async def test_the_terminal_commit_stores_the_whole_answer_before_and_after_a_restart(
+        kind: StoreKind, location: Path) -> None:
+    store = kind.make(location)
+    await store.open()
+    user = await new_user(store)
+    conversation = (await store.create_conversation(new_id(), user, "t")).id
+    fresh, resumed = await new_channel(store, user, conversation), await new_channel(store, user, conversation)
+    for n in range(30):
+        await store.append(fresh, DELTA, {"content": f"a{n} "}, wait=False)
+        await store.append(resumed, DELTA, {"content": f"b{n} "}, wait=False)
+    await store.append(fresh, DONE, {"finish_reason": "stop"})
+    await store.close()
+
+    store = kind.make(location)  # a new process: it did not see the first 30 deltas of `resumed`
+    await store.open()
+    try:
+        await store.append(resumed, DELTA, {"content": "after restart"}, wait=False)
+        await store.append(resumed, DONE, {"finish_reason": "stop"})
+        answers = {m.channel: m.content for m in await store.messages(conversation) if m.role == "assistant"}
+        assert answers == {fresh: "".join(f"a{n} " for n in range(30)),
+                           resumed: "".join(f"b{n} " for n in range(30)) + "after restart"}
+    finally:
+        await store.close()

@@ -8,7 +8,6 @@ this process's asyncio load generator. Everything listens on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import subprocess
 import sys
 import tempfile

@@ -18,7 +18,7 @@ from sanic.server.websockets.impl import CLOSED, CLOSING
 from channels.events import KEEPALIVE_SSE, Event, sse_batch, ws_batch
 from channels.reader import read_once, replay_then_live
 from channels.store import ChannelRecord
-from errors import ApiError, InvalidParameter, NotFound
+from errors import ApiError, NotFound
 from routes.auth import require_user, set_cookie
 from routes.params import bounded_number, non_negative_int, query_value
 

@@ -9,6 +9,7 @@ the suite by adding a ``StoreKind`` to ``STORE_KINDS``.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,3 +38,26 @@ def _sqlite_committed_ids(location: Path, channel: str) -> list[int]:
 STORE_KINDS: list[StoreKind] = [
     StoreKind("sqlite", lambda location: SQLiteStore(_sqlite_path(location)), _sqlite_committed_ids),
 ]
+
+
+# ---- records a test needs, made through the protocol -------------------------
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def new_user(store: Store) -> str:
+    user = new_id()
+    await store.create_user(user, f"hash-{user}")
+    return user
+
+
+async def new_channel(store: Store, user: str | None = None, conversation: str | None = None) -> str:
+    """A running channel with its turn recorded, as POST /api/chat makes one."""
+    user = user or await new_user(store)
+    if conversation is None:
+        conversation = (await store.create_conversation(new_id(), user, "a title")).id
+    channel = new_id()
+    await store.create_channel(channel, user, conversation, "demo")
+    await store.add_turn(conversation, "the question", channel)
+    return channel

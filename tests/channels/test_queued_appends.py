@@ -4,35 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from typing import Sequence
 
 import pytest
 
 from channels.events import DELTA, DONE, USAGE, Event
 from channels.sqlite_store import SQLiteStore
 from channels.store import Store
-from tests.channels.stores import STORE_KINDS, StoreKind
-from tests.channels.test_store_contract import new_channel, new_id, new_user
-
-
-@pytest.fixture(params=STORE_KINDS, ids=lambda kind: kind.name)
-def kind(request: pytest.FixtureRequest) -> StoreKind:
-    return request.param
-
-
-@pytest.fixture
-def location(tmp_path: Path) -> Path:
-    path = tmp_path / "store"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-async def store(kind: StoreKind, location: Path) -> AsyncIterator[Store]:
-    store = kind.make(location)
-    await store.open()
-    yield store
-    await store.close()
+from tests.channels.stores import StoreKind, new_channel, new_id, new_user
 
 
 async def test_queued_events_are_committed_in_order_before_any_reader_hears_of_them(

@@ -7,60 +7,17 @@ Only the protocol is used, so a new store runs this suite unchanged by joining
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
 from channels.events import CANCELLED, DELTA, DONE, ERROR, INTERRUPTED, META, USAGE, Event
 from channels.store import ChannelClosed, Store, UnknownChannel
-from tests.channels.stores import STORE_KINDS, StoreKind
+from tests.channels.stores import StoreKind, new_channel, new_id, new_user
 
 TERMINALS = {DONE: {"finish_reason": "stop"}, ERROR: {"code": "model_error", "message": "boom"},
              CANCELLED: {}, INTERRUPTED: {"reason": "server_shutdown"}}
-
-
-@pytest.fixture(params=STORE_KINDS, ids=lambda kind: kind.name)
-def kind(request: pytest.FixtureRequest) -> StoreKind:
-    return request.param
-
-
-@pytest.fixture
-def location(tmp_path: Path) -> Path:
-    path = tmp_path / "store"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-async def store(kind: StoreKind, location: Path) -> AsyncIterator[Store]:
-    store = kind.make(location)
-    await store.open()
-    yield store
-    await store.close()
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-async def new_user(store: Store) -> str:
-    user = new_id()
-    await store.create_user(user, f"hash-{user}")
-    return user
-
-
-async def new_channel(store: Store, user: str | None = None, conversation: str | None = None) -> str:
-    """A running channel with its turn recorded, as POST /api/chat makes one."""
-    user = user or await new_user(store)
-    if conversation is None:
-        conversation = (await store.create_conversation(new_id(), user, "a title")).id
-    channel = new_id()
-    await store.create_channel(channel, user, conversation, "demo")
-    await store.add_turn(conversation, "the question", channel)
-    return channel
 
 
 def is_utc_iso(value: str | None) -> bool:

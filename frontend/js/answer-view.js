@@ -28,6 +28,18 @@ function element(tag, className, text) {
   return node;
 }
 
+/** A question as the user typed it: shown as text, never as HTML. */
+export function questionElement(text) {
+  const article = document.createElement("article");
+  article.className = "message user";
+  article.setAttribute("aria-label", "Question");
+  const body = document.createElement("p");
+  body.className = "plain";
+  body.textContent = text;
+  article.append(body);
+  return article;
+}
+
 export class AnswerView {
   /**
    * `text` is what is known of the answer already (for a running answer, a

@@ -1,7 +1,7 @@
 // The answer page (/c/<channel>), the page a notification opens: the question
 // and its whole answer, still streaming when the answer still runs.
 import { ApiError, getChannel, getConversation } from "./api.js";
-import { AnswerView } from "./answer-view.js";
+import { AnswerView, questionElement } from "./answer-view.js";
 import { connectServiceWorker } from "./worker-bridge.js";
 
 const TRANSPORT_KEY = "chime.transport";
@@ -14,17 +14,6 @@ function questionFor(messages, channel) {
   const index = messages.findIndex((m) => m.channel === channel && m.role === "assistant");
   for (let i = index - 1; i >= 0; i--) if (messages[i].role === "user") return messages[i].content;
   return messages.find((m) => m.channel === channel && m.role === "user")?.content ?? "";
-}
-
-function showQuestion(text) {
-  const article = document.createElement("article");
-  article.className = "message user";
-  article.setAttribute("aria-label", "Question");
-  const body = document.createElement("p");
-  body.className = "plain";
-  body.textContent = text;
-  article.append(body);
-  $("answer").append(article);
 }
 
 function showError(err) {
@@ -43,7 +32,7 @@ async function start() {
     const conversation = await getConversation(record.conversation_id);
     $("open-conversation").href = `/?conversation=${encodeURIComponent(conversation.id)}`;
     document.title = `${conversation.title} — Chime`;
-    showQuestion(questionFor(conversation.messages, channel));
+    $("answer").append(questionElement(questionFor(conversation.messages, channel)));
     const view = new AnswerView({ channel, text: record.content, status: record.status, model: record.model });
     $("answer").append(view.element);
     if (view.running) view.follow(localStorage.getItem(TRANSPORT_KEY) ?? "sse");

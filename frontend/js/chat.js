@@ -1,7 +1,7 @@
 // The chat page: conversations in a sidebar, the current conversation's
 // messages, a composer, and the answer of the moment streaming in.
 import { ApiError, deleteConversation, getConversation, listConversations, submit } from "./api.js";
-import { AnswerView } from "./answer-view.js";
+import { AnswerView, questionElement } from "./answer-view.js";
 import { PushUnavailable, disablePush, enablePush, pushState } from "./push.js";
 import { TRANSPORTS } from "./stream.js";
 import { connectServiceWorker } from "./worker-bridge.js";
@@ -33,17 +33,6 @@ function rememberConversation(id) {
 }
 
 // ---- messages ---------------------------------------------------------------
-
-function questionElement(text) {
-  const article = document.createElement("article");
-  article.className = "message user";
-  article.setAttribute("aria-label", "Question");
-  const body = document.createElement("p");
-  body.className = "plain";
-  body.textContent = text;  // the question is shown as typed, never as HTML
-  article.append(body);
-  return article;
-}
 
 function clearMessages() {
   for (const view of state.views) view.dispose();

@@ -120,13 +120,22 @@ async def close_services(app: Sanic) -> None:
         await ctx.store.close()
 
 
+def configure_logging(level: str) -> None:
+    """Chime's own loggers get a handler; Sanic's keep theirs (a root handler would print them twice)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
 def main() -> None:
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"chime: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     raise_open_files_limit()
     app = create_app(settings)
     app.run(host=settings.host, port=settings.port, single_process=True, access_log=False, motd=False,

@@ -54,11 +54,14 @@ class Tally:
         self.seen: set[int] | None = None  # only kept once something arrived out of order
         self.attached_ns = 0
 
-    def tokens(self, data: bytes, received_ns: int) -> None:
+    def tokens(self, data: bytes, received_ns: int) -> int:
+        """Count the tokens in ``data``; returns where the last one ends (0: none)."""
         totals = self.totals
         latencies = totals.latencies_ns
         live = 0
+        end = 0
         for match in TOKEN.finditer(data):
+            end = match.end()
             seq, emitted_ns = int(match[1]), int(match[2])
             if seq == self.next_seq and self.seen is None:
                 self.next_seq += 1
@@ -71,8 +74,9 @@ class Tally:
                 if not live and (not totals.first_emitted_ns or emitted_ns < totals.first_emitted_ns):
                     totals.first_emitted_ns = emitted_ns
                 live += 1
-        if live:
-            totals.last_received_ns = max(totals.last_received_ns, received_ns)
+        if live and received_ns > totals.last_received_ns:
+            totals.last_received_ns = received_ns
+        return end
 
     def _anomaly(self, seq: int) -> None:
         if self.seen is None:
@@ -152,10 +156,7 @@ class _Reader(asyncio.Protocol):
     def text_body(self, data: bytes, now: int, terminal: re.Pattern[bytes]) -> None:
         """Tokens and the terminal marker of a text stream; a read may cut either in two."""
         text = self.carry + data if self.carry else data
-        last = 0
-        for match in TOKEN.finditer(text):
-            last = match.end()
-        self.tally.tokens(text[:last] if last else b"", now)
+        last = self.tally.tokens(text, now)
         found = terminal.search(text)
         if found:
             self.end(found[1].decode())
@@ -247,6 +248,88 @@ def _masked(opcode: int, payload: bytes) -> bytes:
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + masked
+
+
+# ---- plain requests -------------------------------------------------------------
+
+class Exchange(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection for small requests answered with a Content-Length body.
+
+    Setting up a thousand streams through httpx cost the load generator ~5 ms of
+    CPU each; this costs a fraction of that.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.reply: asyncio.Future[tuple[int, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.reply is not None and not self.reply.done():
+            self.reply.set_exception(ConnectionError("the connection closed before the response"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.reply is None:
+            return
+        head = self.buffer[:end]
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if len(self.buffer) < end + 4 + length:
+            return
+        body, self.buffer = self.buffer[end + 4:end + 4 + length], self.buffer[end + 4 + length:]
+        if not self.reply.done():
+            self.reply.set_result((int(head[9:12]), body))
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        """(status, body) of one request; one at a time per connection."""
+        self.reply = asyncio.get_running_loop().create_future()
+        self.transport.write(data)  # type: ignore[union-attr]
+        try:
+            return await asyncio.wait_for(self.reply, CONNECT_TIMEOUT_S)
+        finally:
+            self.reply = None
+
+
+class ExchangePool:
+    """``size`` keep-alive connections to one port; a request waits for a free one."""
+
+    def __init__(self, port: int, size: int):
+        self.port = port
+        self.size = size
+        self.idle: asyncio.Queue[Exchange] = asyncio.Queue()
+        self.opened: list[Exchange] = []
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        if self.idle.empty() and len(self.opened) < self.size:
+            slot = len(self.opened)
+            self.opened.append(None)  # type: ignore[arg-type]  # reserved before awaiting the connection
+            _, exchange = await asyncio.get_running_loop().create_connection(Exchange, "127.0.0.1", self.port)
+            self.opened[slot] = exchange
+        else:
+            exchange = await self.idle.get()
+        try:
+            return await exchange.request(data)
+        finally:
+            self.idle.put_nowait(exchange)
+
+    def close(self) -> None:
+        for exchange in self.opened:
+            if exchange is not None and exchange.transport is not None:
+                exchange.transport.close()
+
+
+def post_request(host: str, path: str, body: bytes, token: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 # ---- requests ---------------------------------------------------------------

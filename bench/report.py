@@ -32,6 +32,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("loadgen_us_per_token", "gen µs/tok", "{:.1f}"),
     ("loadgen_cpu_pct", "gen CPU%", "{:.0f}"),
     ("wall_s", "wall s", "{:.1f}"),
+    ("setup_s", "setup s", "{:.1f}"),
+    ("server_ms_per_setup", "srv ms/setup", "{:.2f}"),
 )
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 import httpx
+import orjson
 
-from bench.clients import (READERS, DirectReader, Tally, Totals, direct_request, open_reader)
+from bench.clients import (READERS, DirectReader, Exchange, ExchangePool, Tally, Totals, direct_request,
+                           open_reader, post_request)
 from bench.procstat import CpuMeter, memory_kb
 from bench.profile import profiled
 from tests.support.server import ServerProcess
@@ -133,7 +135,12 @@ def row(scenario: str, transport: str, streams: int, totals: Totals, window: Win
 
 @dataclass(frozen=True)
 class Streams:
-    """``streams`` answers of ``tokens`` tokens at ``rate`` tokens/s each (0: unpaced)."""
+    """``streams`` answers of ``tokens`` tokens at ``rate`` tokens/s each (0: unpaced).
+
+    Every stream is set up (submitted, reader attached) before the upstream is
+    told to go, so the row measures all of them delivering at once; CPU is
+    counted from the go, and the set-up is reported on its own.
+    """
 
     name: str
     streams: int
@@ -143,7 +150,7 @@ class Streams:
 
     @property
     def message(self) -> str:
-        return f"bench n={self.tokens} rate={self.rate} delay_ms={self.delay_ms}"
+        return f"bench n={self.tokens} rate={self.rate} delay_ms={self.delay_ms} go=1"
 
     async def rows(self, bench: Bench) -> AsyncIterator[dict[str, Any]]:
         yield await self.direct(bench)
@@ -158,39 +165,87 @@ class Streams:
         totals = Totals()
         request = direct_request(f"127.0.0.1:{bench.upstream_port}", self.message)
 
-        async def one(gate: asyncio.Semaphore) -> None:
+        async def attach(gate: asyncio.Semaphore) -> tuple[Any, Tally]:
             tally = Tally(totals, self.tokens)
             async with gate:
-                reader = await open_reader(bench.upstream_port, DirectReader, request, tally)
-            await _ended(reader, tally)
+                return await open_reader(bench.upstream_port, DirectReader, request, tally), tally
 
+        setup = Setup(None)
+        with setup:
+            readers = await _all(self.streams, attach)
         with Window(None, bench.upstream_pid) as window:
-            await _all(self.streams, one)
-        return row(self.name, "direct", self.streams, totals, window, None, totals_span_s(totals, window))
+            await _go(bench)
+            await asyncio.gather(*(_ended(reader, tally) for reader, tally in readers))
+        return setup.figures(row(self.name, "direct", self.streams, totals, window, None,
+                                 totals_span_s(totals, window)))
 
     async def through(self, bench: Bench, server: ServerProcess, transport: str) -> dict[str, Any]:
         totals = Totals()
         reader_type, make_request = READERS[transport]
         host = f"127.0.0.1:{server.port}"
-        async with httpx.AsyncClient(base_url=server.url, timeout=60,
-                                     limits=httpx.Limits(max_connections=SETUP_CONCURRENCY)) as http:
-            token = (await http.post("/api/users")).json()["token"]
-            headers = {"Authorization": f"Bearer {token}"}
+        pool = ExchangePool(server.port, SETUP_CONCURRENCY)
+        try:
+            status, body = await pool.request(post_request(host, "/api/users", b"{}"))
+            token = orjson.loads(body)["token"]
+            submit = post_request(host, "/api/chat", orjson.dumps({"message": self.message}), token)
 
-            async def one(gate: asyncio.Semaphore) -> None:
+            async def attach(gate: asyncio.Semaphore) -> tuple[Any, Tally]:
                 tally = Tally(totals, self.tokens)
                 async with gate:
-                    answer = await http.post("/api/chat", json={"message": self.message}, headers=headers)
-                    answer.raise_for_status()
-                    request = make_request(host, answer.json()["channel"], token)
-                    reader = await open_reader(server.port, reader_type, request, tally)
-                await _ended(reader, tally)
+                    status, body = await pool.request(submit)
+                    if status != 201:
+                        raise RuntimeError(f"POST /api/chat answered {status}: {body[:200]!r}")
+                    request = make_request(host, orjson.loads(body)["channel"], token)
+                    return await open_reader(server.port, reader_type, request, tally), tally
 
             pid = server.process.pid  # type: ignore[union-attr]
+            setup = Setup(pid)
+            with setup:
+                readers = await _all(self.streams, attach)
             with profiled(pid, f"{self.name}-{transport}", bench.profile), \
                     Window(pid, bench.upstream_pid) as window:
-                await _all(self.streams, one)
-        return row(self.name, transport, self.streams, totals, window, server, totals_span_s(totals, window))
+                await _go(bench)
+                await asyncio.gather(*(_ended(reader, tally) for reader, tally in readers))
+        finally:
+            pool.close()
+        return setup.figures(row(self.name, transport, self.streams, totals, window, server,
+                                 totals_span_s(totals, window)))
+
+
+class Setup:
+    """Wall time of setting every stream up, and the server's CPU for it per stream."""
+
+    def __init__(self, server_pid: int | None):
+        self.meter = CpuMeter(server_pid) if server_pid else None
+        self.wall_s = 0.0
+
+    def __enter__(self) -> "Setup":
+        if self.meter is not None:
+            self.meter.start()
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall_s = time.monotonic() - self._started
+        if self.meter is not None:
+            self.meter.stop()
+
+    def figures(self, result: dict[str, Any]) -> dict[str, Any]:
+        streams = result["streams"]
+        result["setup_s"] = self.wall_s
+        result["server_ms_per_setup"] = self.meter.used_s / streams * 1e3 if self.meter and streams else None
+        return result
+
+
+async def _go(bench: Bench) -> None:
+    """Tell the upstream to start every waiting stream."""
+    _, exchange = await asyncio.get_running_loop().create_connection(Exchange, "127.0.0.1", bench.upstream_port)
+    try:
+        status, _ = await exchange.request(post_request(f"127.0.0.1:{bench.upstream_port}", "/go", b""))
+        if status != 200:
+            raise RuntimeError(f"the upstream refused the go: {status}")
+    finally:
+        exchange.transport.close()  # type: ignore[union-attr]
 
 
 def totals_span_s(totals: Totals, window: Window) -> float:
@@ -199,9 +254,9 @@ def totals_span_s(totals: Totals, window: Window) -> float:
     return (last - first) / 1e9 if first and last > first else window.wall_s
 
 
-async def _all(count: int, one: Callable[[asyncio.Semaphore], Any]) -> None:
+async def _all(count: int, one: Callable[[asyncio.Semaphore], Any]) -> list[Any]:
     gate = asyncio.Semaphore(SETUP_CONCURRENCY)
-    await asyncio.gather(*(one(gate) for _ in range(count)))
+    return await asyncio.gather(*(one(gate) for _ in range(count)))
 
 
 async def _ended(reader: Any, tally: Tally) -> None:

@@ -10,7 +10,12 @@ user message picks the workload, e.g. ``bench n=250 rate=25 delay_ms=1000``:
   machine, so a reader subtracts it from its own receive time);
 - ``rate``: tokens a second per stream, 0 for as fast as the socket takes them;
 - ``delay_ms``: quiet time before the first token, so readers can attach first;
-- ``hold=1``: send the role chunk, then nothing until the client leaves.
+- ``hold=1``: send the role chunk, then nothing until the client leaves;
+- ``go=1``: wait for ``POST /go`` (any path ending so) instead of starting at
+  once; a go starts every waiting stream, the paced ones ``delay_ms`` later and
+  spread evenly over one token period, as independent answers would be. The
+  load generator sets up every stream first, so a row measures the steady
+  state of all its streams at once, not set-up overlapping delivery.
 
 It is a raw asyncio protocol on uvloop so that it costs little CPU per token:
 the benchmark measures the server, not this.
@@ -20,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import re
 import resource
 import sys
@@ -55,40 +59,59 @@ def workload(body: bytes) -> tuple[dict[str, int], bool]:
     """The workload named by the last user message, and whether usage was asked for."""
     request = orjson.loads(body)
     text = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
-    params = {"n": 10, "rate": 0, "delay_ms": 0, "hold": 0}
+    params = {"n": 10, "rate": 0, "delay_ms": 0, "hold": 0, "go": 0}
     params.update({k: int(v) for k, v in _WORKLOAD.findall(text)})
     usage = bool((request.get("stream_options") or {}).get("include_usage"))
     return params, usage
 
 
 class Pacer:
-    """One timer for every paced stream: wakes at the earliest due token, sends all that are due."""
+    """One timer for every paced stream: a wheel of 1 ms slots (uvloop's timer resolution).
+
+    A token is never sent before its due time; each timer firing sends every
+    token whose slot has come, so 1000 streams cost ~1000 firings a second, not 25,000.
+    """
+
+    SLOT_NS = 1_000_000
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, "Stream"]] = []
-        self._order = itertools.count()
-        self._wake = asyncio.Event()
+        self._slots: dict[int, list["Stream"]] = {}
+        self._order: list[int] = []  # heap of slot numbers with streams in them
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_slot = 0
 
     def schedule(self, due_ns: int, stream: "Stream") -> None:
-        heapq.heappush(self._heap, (due_ns, next(self._order), stream))
-        self._wake.set()
+        slot = -(-due_ns // self.SLOT_NS)  # rounded up: never early
+        bucket = self._slots.get(slot)
+        if bucket is not None:
+            bucket.append(stream)
+            return
+        self._slots[slot] = [stream]
+        heapq.heappush(self._order, slot)
+        if self._timer is None or slot < self._armed_slot:
+            self._arm()
 
-    async def run(self) -> None:
-        while True:
-            if not self._heap:
-                self._wake.clear()
-                await self._wake.wait()
-            now = time.monotonic_ns()
-            while self._heap and self._heap[0][0] <= now:
-                _, _, stream = heapq.heappop(self._heap)
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        slot = self._order[0]
+        self._armed_slot = slot
+        delay_s = max(0.0, (slot * self.SLOT_NS - time.monotonic_ns()) / 1e9)
+        self._timer = asyncio.get_running_loop().call_later(delay_s, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        now_slot = time.monotonic_ns() // self.SLOT_NS
+        order, slots = self._order, self._slots
+        while order and order[0] <= now_slot:
+            for stream in slots.pop(heapq.heappop(order)):
                 stream.tick()
-            if self._heap:
-                self._wake.clear()
-                try:
-                    async with asyncio.timeout((self._heap[0][0] - time.monotonic_ns()) / 1e9):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+        if order:
+            self._arm()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class Stream:
@@ -100,6 +123,7 @@ class Stream:
         self.rate = params["rate"]
         self.delay_ns = params["delay_ms"] * 1_000_000
         self.hold = bool(params["hold"])
+        self.go = bool(params["go"])
         self.usage = usage
         self.seq = 0
         self.next_due = 0
@@ -108,8 +132,17 @@ class Stream:
         self.connection.write(RESPONSE_HEAD + chunk(sse(ROLE_CHUNK)))
         if self.hold:
             return
+        if self.go:
+            self.connection.server.waiting.append(self)
+        else:
+            self.begin(time.monotonic_ns() + self.delay_ns)
+
+    def begin(self, first_due_ns: int) -> None:
+        """Tokens from ``first_due_ns`` on (paced), or at once (unpaced)."""
+        if self.connection.closed:
+            return
         if self.rate:
-            self.next_due = time.monotonic_ns() + self.delay_ns
+            self.next_due = first_due_ns
             self.connection.server.pacer.schedule(self.next_due, self)
         else:
             self.connection.task = asyncio.get_running_loop().create_task(self.unpaced())
@@ -125,7 +158,7 @@ class Stream:
             self.finish()
 
     async def unpaced(self) -> None:
-        if self.delay_ns:
+        if self.delay_ns and not self.go:
             await asyncio.sleep(self.delay_ns / 1e9)
         while self.seq < self.n and not self.connection.closed:
             self.send_token()
@@ -198,6 +231,11 @@ class Connection(asyncio.Protocol):
             self.handle(head.split(" ", 2), body)
 
     def handle(self, request_line: list[str], body: bytes) -> None:
+        if request_line[0] == "POST" and request_line[1].endswith("/go"):
+            started = self.server.go()
+            self.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%d"
+                       % (len(str(started)), started))
+            return
         if request_line[0] != "POST" or not request_line[1].endswith("/chat/completions"):
             self.write(NOT_FOUND)
             return
@@ -217,16 +255,25 @@ def _content_length(head: str) -> int:
 class Upstream:
     def __init__(self) -> None:
         self.pacer = Pacer()
+        self.waiting: list[Stream] = []
+
+    def go(self) -> int:
+        """Start every waiting stream; paced ones get phases spread evenly over one token period."""
+        waiting, self.waiting = self.waiting, []
+        now = time.monotonic_ns()
+        for index, stream in enumerate(waiting):
+            phase_ns = (1_000_000_000 // stream.rate) * index // len(waiting) if stream.rate else 0
+            stream.begin(now + stream.delay_ns + phase_ns)
+        return len(waiting)
 
     async def serve(self, port: int) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: Connection(self), "127.0.0.1", port, backlog=4096)
-        pacer = loop.create_task(self.pacer.run())
         print(f"upstream listening on 127.0.0.1:{port}", flush=True)
         try:
             await server.serve_forever()
         finally:
-            pacer.cancel()
+            self.pacer.stop()
 
 
 def raise_open_files_limit() -> None:

@@ -8,6 +8,7 @@ row reads the upstream with the same clients and no server: the floor.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import tempfile
 import time
@@ -148,9 +149,8 @@ class Streams:
     rate: int
     delay_ms: int
 
-    @property
-    def message(self) -> str:
-        return f"bench n={self.tokens} rate={self.rate} delay_ms={self.delay_ms} go=1"
+    def message(self, group: int) -> str:
+        return f"bench n={self.tokens} rate={self.rate} delay_ms={self.delay_ms} go={group}"
 
     async def rows(self, bench: Bench) -> AsyncIterator[dict[str, Any]]:
         yield await self.direct(bench)
@@ -163,7 +163,8 @@ class Streams:
 
     async def direct(self, bench: Bench) -> dict[str, Any]:
         totals = Totals()
-        request = direct_request(f"127.0.0.1:{bench.upstream_port}", self.message)
+        group = next_group()
+        request = direct_request(f"127.0.0.1:{bench.upstream_port}", self.message(group))
 
         async def attach(gate: asyncio.Semaphore) -> tuple[Any, Tally]:
             tally = Tally(totals, self.tokens)
@@ -174,7 +175,7 @@ class Streams:
         with setup:
             readers = await _all(self.streams, attach)
         with Window(None, bench.upstream_pid) as window:
-            await _go(bench)
+            await _go(bench, group, self.streams)
             await asyncio.gather(*(_ended(reader, tally) for reader, tally in readers))
         return setup.figures(row(self.name, "direct", self.streams, totals, window, None,
                                  totals_span_s(totals, window)))
@@ -187,7 +188,8 @@ class Streams:
         try:
             status, body = await pool.request(post_request(host, "/api/users", b"{}"))
             token = orjson.loads(body)["token"]
-            submit = post_request(host, "/api/chat", orjson.dumps({"message": self.message}), token)
+            group = next_group()
+            submit = post_request(host, "/api/chat", orjson.dumps({"message": self.message(group)}), token)
 
             async def attach(gate: asyncio.Semaphore) -> tuple[Any, Tally]:
                 tally = Tally(totals, self.tokens)
@@ -204,7 +206,7 @@ class Streams:
                 readers = await _all(self.streams, attach)
             with profiled(pid, f"{self.name}-{transport}", bench.profile), \
                     Window(pid, bench.upstream_pid) as window:
-                await _go(bench)
+                await _go(bench, group, self.streams)
                 await asyncio.gather(*(_ended(reader, tally) for reader, tally in readers))
         finally:
             pool.close()
@@ -237,11 +239,19 @@ class Setup:
         return result
 
 
-async def _go(bench: Bench) -> None:
-    """Tell the upstream to start every waiting stream."""
+_groups = itertools.count(1)
+
+
+def next_group() -> int:
+    """A fresh upstream group: what one row's streams wait in for their go."""
+    return next(_groups)
+
+
+async def _go(bench: Bench, group: int, streams: int) -> None:
+    """Start the group's streams, once all ``streams`` of them have reached the upstream."""
     _, exchange = await asyncio.get_running_loop().create_connection(Exchange, "127.0.0.1", bench.upstream_port)
     try:
-        status, _ = await exchange.request(post_request(f"127.0.0.1:{bench.upstream_port}", "/go", b""))
+        status, _ = await exchange.request(post_request(f"127.0.0.1:{bench.upstream_port}", f"/go/{group}/{streams}", b""))
         if status != 200:
             raise RuntimeError(f"the upstream refused the go: {status}")
     finally:

@@ -11,11 +11,13 @@ user message picks the workload, e.g. ``bench n=250 rate=25 delay_ms=1000``:
 - ``rate``: tokens a second per stream, 0 for as fast as the socket takes them;
 - ``delay_ms``: quiet time before the first token, so readers can attach first;
 - ``hold=1``: send the role chunk, then nothing until the client leaves;
-- ``go=1``: wait for ``POST /go`` (any path ending so) instead of starting at
-  once; a go starts every waiting stream, the paced ones ``delay_ms`` later and
-  spread evenly over one token period, as independent answers would be. The
-  load generator sets up every stream first, so a row measures the steady
-  state of all its streams at once, not set-up overlapping delivery.
+- ``go=G``: wait in group ``G`` for ``POST /go/G/COUNT`` instead of starting
+  at once. The go is answered once ``COUNT`` streams of the group are waiting
+  (a server may open its upstream request after its reader attached), then
+  starts them all: the paced ones ``delay_ms`` later, spread evenly over one
+  token period, as independent answers would be. The load generator sets up
+  every stream first, so a row measures the steady state of all its streams
+  at once, not set-up overlapping delivery.
 
 It is a raw asyncio protocol on uvloop so that it costs little CPU per token:
 the benchmark measures the server, not this.
@@ -123,7 +125,7 @@ class Stream:
         self.rate = params["rate"]
         self.delay_ns = params["delay_ms"] * 1_000_000
         self.hold = bool(params["hold"])
-        self.go = bool(params["go"])
+        self.group = params["go"]
         self.usage = usage
         self.seq = 0
         self.next_due = 0
@@ -132,8 +134,8 @@ class Stream:
         self.connection.write(RESPONSE_HEAD + chunk(sse(ROLE_CHUNK)))
         if self.hold:
             return
-        if self.go:
-            self.connection.server.waiting.append(self)
+        if self.group:
+            self.connection.server.wait(self)
         else:
             self.begin(time.monotonic_ns() + self.delay_ns)
 
@@ -158,7 +160,7 @@ class Stream:
             self.finish()
 
     async def unpaced(self) -> None:
-        if self.delay_ns and not self.go:
+        if self.delay_ns and not self.group:
             await asyncio.sleep(self.delay_ns / 1e9)
         while self.seq < self.n and not self.connection.closed:
             self.send_token()
@@ -231,10 +233,9 @@ class Connection(asyncio.Protocol):
             self.handle(head.split(" ", 2), body)
 
     def handle(self, request_line: list[str], body: bytes) -> None:
-        if request_line[0] == "POST" and request_line[1].endswith("/go"):
-            started = self.server.go()
-            self.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%d"
-                       % (len(str(started)), started))
+        if request_line[0] == "POST" and "/go/" in request_line[1]:
+            group, count = request_line[1].rsplit("/", 2)[1:]
+            self.server.go(int(group), int(count), self)
             return
         if request_line[0] != "POST" or not request_line[1].endswith("/chat/completions"):
             self.write(NOT_FOUND)
@@ -255,16 +256,30 @@ def _content_length(head: str) -> int:
 class Upstream:
     def __init__(self) -> None:
         self.pacer = Pacer()
-        self.waiting: list[Stream] = []
+        self.waiting: dict[int, list[Stream]] = {}
+        self.gos: dict[int, tuple[int, Connection]] = {}
 
-    def go(self) -> int:
-        """Start every waiting stream; paced ones get phases spread evenly over one token period."""
-        waiting, self.waiting = self.waiting, []
+    def wait(self, stream: Stream) -> None:
+        self.waiting.setdefault(stream.group, []).append(stream)
+        self._maybe_go(stream.group)
+
+    def go(self, group: int, count: int, caller: Connection) -> None:
+        """Start group ``group`` once ``count`` of its streams wait; ``caller`` hears when."""
+        self.gos[group] = (count, caller)
+        self._maybe_go(group)
+
+    def _maybe_go(self, group: int) -> None:
+        waiting = self.waiting.get(group, [])
+        count, caller = self.gos.get(group, (0, None))
+        if caller is None or len(waiting) < count:
+            return
+        del self.waiting[group], self.gos[group]
         now = time.monotonic_ns()
         for index, stream in enumerate(waiting):
             phase_ns = (1_000_000_000 // stream.rate) * index // len(waiting) if stream.rate else 0
             stream.begin(now + stream.delay_ns + phase_ns)
-        return len(waiting)
+        caller.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%d"
+                     % (len(str(len(waiting))), len(waiting)))
 
     async def serve(self, port: int) -> None:
         loop = asyncio.get_running_loop()

@@ -10,15 +10,40 @@ writer or another reader.
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from channels.events import Event
 
 TAIL_EVENTS = 64
 
+# Takes a batch of committed events and writes it at once; False when it cannot now
+# (the connection is closing or its send buffer is full): the reader's task takes over.
+DirectWrite = Callable[[list[Event]], bool]
+
+
+class Follower:
+    """A caught-up reader that the feed writes to as events are committed, without waking its task.
+
+    Waking a task per reader per event (a future, a task step, the reader's
+    generators and the framework's send) was a large share of the CPU per token.
+    """
+
+    __slots__ = ("write", "after", "done", "last_write", "timer")
+
+    def __init__(self, write: DirectWrite, after: int, done: "asyncio.Future[bool]", now: float):
+        self.write = write
+        self.after = after
+        self.done = done          # True: handed back (refused, gap, terminal, woken); False: quiet
+        self.last_write = now
+        self.timer: asyncio.TimerHandle | None = None
+
+    def end(self, result: bool) -> None:
+        if not self.done.done():
+            self.done.set_result(result)
+
 
 class Feed:
-    __slots__ = ("channel", "tail", "first_id", "last_id", "closed", "_waiters", "refs")
+    __slots__ = ("channel", "tail", "first_id", "last_id", "closed", "_waiters", "_followers", "refs")
 
     def __init__(self, channel: str):
         self.channel = channel
@@ -27,6 +52,7 @@ class Feed:
         self.last_id: int | None = None  # last committed id seen by this feed
         self.closed = False        # the terminal event was published
         self._waiters: set[asyncio.Future[bool]] = set()
+        self._followers: set[Follower] = set()
         self.refs = 0
 
     def add(self, events: Sequence[Event]) -> None:
@@ -42,7 +68,68 @@ class Feed:
         if len(self.tail) > 2 * TAIL_EVENTS:
             del self.tail[:-TAIL_EVENTS]
             self.first_id = self.tail[0].id
+        if self._followers:
+            self._write_followers(events)
         self.wake()
+
+    def _write_followers(self, events: Sequence[Event]) -> None:
+        now = asyncio.get_running_loop().time()
+        first = events[0].id
+        for follower in list(self._followers):
+            if follower.after + 1 < first:  # a gap this batch cannot fill: the task reads the store
+                self._unfollow(follower, True)
+                continue
+            batch = events if follower.after + 1 == first else [e for e in events if e.id > follower.after]
+            if not batch:
+                continue
+            if not follower.write(list(batch)):
+                self._unfollow(follower, True)
+                continue
+            follower.after = batch[-1].id
+            follower.last_write = now
+            if batch[-1].terminal:
+                self._unfollow(follower, True)
+
+    def _unfollow(self, follower: Follower, result: bool) -> None:
+        self._followers.discard(follower)
+        follower.end(result)
+
+    async def follow(self, after: int, quiet_s: float | None, write: DirectWrite) -> tuple[int, bool]:
+        """Write each committed event after ``after`` through ``write`` until handed back.
+
+        Returns (the last id written, whether it ended because ``quiet_s`` passed
+        with nothing written). It hands back at once when events are already
+        there to read, and on a refused write, a gap, the terminal event, a
+        deletion or shutdown: the reader's own loop then goes on from that id.
+        """
+        if self.has_after(after) or self.closed:
+            return after, False
+        loop = asyncio.get_running_loop()
+        follower = Follower(write, after, loop.create_future(), loop.time())
+        self._followers.add(follower)
+        if quiet_s is not None:
+            # One timer for the whole follow that re-arms itself, not one per event.
+            follower.timer = loop.call_later(quiet_s, self._check_quiet, follower, quiet_s)
+        try:
+            handed_back = await follower.done
+        finally:
+            if follower.timer is not None:
+                follower.timer.cancel()
+            self._followers.discard(follower)
+        return follower.after, not handed_back
+
+    def _check_quiet(self, follower: Follower, quiet_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        due = follower.last_write + quiet_s
+        if loop.time() >= due:
+            self._unfollow(follower, False)
+        else:
+            follower.timer = loop.call_at(due, self._check_quiet, follower, quiet_s)
+
+    def release_followers(self) -> None:
+        """Hand every follower back to its task (deletion, shutdown)."""
+        for follower in list(self._followers):
+            self._unfollow(follower, True)
 
     def since(self, after: int, limit: int) -> list[Event] | None:
         """Events with id > after from the tail; None when the tail cannot tell."""
@@ -118,12 +205,14 @@ class Hub:
         if feed is not None:
             feed.closed = True
             feed.wake()
+            feed.release_followers()
 
     def shutdown(self) -> None:
         """Wake every reader so that it ends its stream: the server is stopping."""
         self.shutting_down = True
         for feed in self._feeds.values():
             feed.wake()
+            feed.release_followers()
 
     @property
     def feeds(self) -> int:

@@ -11,14 +11,16 @@ from __future__ import annotations
 from typing import AsyncIterator
 
 from channels.events import Event
-from channels.hub import Hub
+from channels.hub import DirectWrite, Hub
 from channels.store import Store
 
 REPLAY_PAGE_EVENTS = 2_000
 
 
-async def replay_then_live(store: Store, hub: Hub, channel: str, after: int,
-                           keepalive_s: float | None) -> AsyncIterator[list[Event]]:
+async def replay_then_live(store: Store, hub: Hub, channel: str, after: int, keepalive_s: float | None,
+                           direct: DirectWrite | None = None) -> AsyncIterator[list[Event]]:
+    """See the module docstring. With ``direct``, live events once caught up are written
+    through it as they are committed and not yielded (see ``Feed.follow``)."""
     feed = hub.acquire(channel)
     try:
         while not hub.shutting_down:
@@ -36,7 +38,11 @@ async def replay_then_live(store: Store, hub: Hub, channel: str, after: int,
                 return  # the channel was deleted under the reader
             if hub.shutting_down:
                 return  # shutdown woke the feed while the store was read: that wake-up is spent
-            if not await feed.wait(after, keepalive_s):
+            if direct is not None:
+                after, quiet = await feed.follow(after, keepalive_s, direct)
+                if quiet:
+                    yield []
+            elif not await feed.wait(after, keepalive_s):
                 yield []
     finally:
         hub.release(feed)

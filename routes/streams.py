@@ -13,9 +13,11 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.exceptions import WebsocketClosed
 from sanic.response import HTTPResponse, empty, json
+from sanic.server.protocols.base_protocol import current_time
 from sanic.server.websockets.impl import CLOSED, CLOSING
 
 from channels.events import KEEPALIVE_SSE, Event, sse_batch, ws_batch
+from channels.hub import DirectWrite
 from channels.reader import read_once, replay_then_live
 from channels.store import ChannelRecord
 from errors import ApiError, NotFound
@@ -34,6 +36,8 @@ WS_CLOSE_NORMAL = 1000
 WS_CLOSE_GOING_AWAY = 1001
 
 POLL_MAX_WAIT_S = 30.0
+# A live event is written directly only while less than this waits in the send buffer.
+DIRECT_WRITE_MAX_BUFFERED_BYTES = 64 * 1024
 
 
 def accepts_event_stream(request: Request) -> bool:
@@ -81,11 +85,41 @@ async def stream_sse(request: Request, channel: str, after: int, token: str | No
     ctx.metrics.inc("chime_stream_readers_total", help="Readers attached to channels.", transport="sse")
     try:
         await response.send(b"retry: %d\n\n" % ctx.settings.sse_retry_ms)
-        async for batch in replay_then_live(ctx.store, ctx.hub, channel, after, ctx.settings.keepalive_s):
+        direct = sse_direct_write(response)
+        async for batch in replay_then_live(ctx.store, ctx.hub, channel, after, ctx.settings.keepalive_s,
+                                            direct):
             await response.send(sse_batch(batch) if batch else KEEPALIVE_SSE)
     finally:
         ctx.presence.detach(reader)
     await response.eof()
+
+
+def sse_direct_write(response) -> DirectWrite | None:
+    """Live events written straight to the connection, framed as Sanic frames them.
+
+    ``response.send`` goes through four coroutines per call; this is one
+    ``transport.write`` of the same HTTP/1.1 chunk. Only for a chunked response
+    (Sanic's choice for a stream without a length); it refuses, so the
+    reader's task sends instead, while Sanic holds writing back or the
+    connection is closing.
+    """
+    http = response.stream
+    if http is None or http.response_func != http.http1_response_chunked:
+        return None
+    protocol = http.protocol
+    transport = protocol.transport
+
+    def write(events: list[Event]) -> bool:
+        if transport is None or transport.is_closing() or not protocol._can_write.is_set():
+            return False
+        if transport.get_write_buffer_size() > DIRECT_WRITE_MAX_BUFFERED_BYTES:
+            return False
+        payload = sse_batch(events)
+        transport.write(b"%x\r\n%b\r\n" % (len(payload), payload))
+        protocol._time = current_time()  # what protocol.send records: the response timeout's clock
+        return True
+
+    return write
 
 
 # ---- WebSocket -------------------------------------------------------------
@@ -108,7 +142,7 @@ async def websocket(request: Request, ws, channel_id: str) -> None:
     listener = asyncio.get_running_loop().create_task(
         _listen(ctx, ws, channel_id, reader), name=f"chime-ws-listen-{channel_id}")
     try:
-        async for batch in replay_then_live(ctx.store, ctx.hub, channel_id, after, None):
+        async for batch in replay_then_live(ctx.store, ctx.hub, channel_id, after, None, ws_direct_write(ws)):
             await send_events(ws, batch)
         await ws.close(code=WS_CLOSE_GOING_AWAY if ctx.hub.shutting_down else WS_CLOSE_NORMAL)
     except (asyncio.CancelledError, WebsocketClosed):
@@ -133,6 +167,30 @@ async def send_events(ws, events: list[Event]) -> None:
         if ws.ws_proto.state in (CLOSED, CLOSING):
             raise WebsocketClosed("the WebSocket is closed")
         await ws.io_proto.send(ws_batch(events))
+
+
+def ws_direct_write(ws) -> DirectWrite | None:
+    """Live events as the same cached frames ``send_events`` writes, straight to the connection.
+
+    Not with a negotiated extension (frames differ per connection); refused, so
+    the reader's task sends instead, while another frame is being sent (the
+    lock ``ws.send`` takes), writing is held back, or the WebSocket is closing.
+    """
+    if ws.ws_proto.extensions:
+        return None
+    protocol = ws.io_proto
+    transport = protocol.transport
+
+    def write(events: list[Event]) -> bool:
+        if (transport is None or transport.is_closing() or ws.conn_mutex.locked()
+                or ws.ws_proto.state in (CLOSED, CLOSING) or not protocol._can_write.is_set()
+                or transport.get_write_buffer_size() > DIRECT_WRITE_MAX_BUFFERED_BYTES):
+            return False
+        transport.write(ws_batch(events))
+        protocol._time = current_time()
+        return True
+
+    return write
 
 
 async def _listen(ctx, ws, channel: str, reader) -> None:

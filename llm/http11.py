@@ -359,6 +359,9 @@ class LeanTransport(httpx2.AsyncBaseTransport):
         self._idle.clear()
 
 
+LeanBody = _Body  # the response stream type, for callers that read it without httpx's wrappers
+
+
 def _request_head(request: httpx2.Request, body: bytes) -> bytes:
     target = request.url.raw_path
     lines = [b"%s %s HTTP/1.1" % (request.method.encode(), target)]

@@ -28,7 +28,7 @@ import openai
 import orjson
 
 from llm.base import Chunk, ModelError
-from llm.http11 import LeanTransport
+from llm.http11 import LeanBody, LeanTransport
 from settings import Settings
 
 log = logging.getLogger("chime.model")
@@ -116,19 +116,28 @@ class OpenAIProvider:
         async with self._request(messages) as response:
             last_progress = time.monotonic()
             finished = False
-            async for payload in _sse_data(response.http_response.aiter_bytes()):
+            parser = SSEParser()
+            async for piece in _body_bytes(response.http_response):
+                for payload in parser.feed(piece):
+                    if payload == DONE_SENTINEL:
+                        return
+                    chunk = self._chunk(payload) if payload else None
+                    if chunk is None:
+                        # Comments and empty deltas are not progress: a server that only
+                        # sends keepalives is as stalled as one that sends nothing.
+                        if time.monotonic() - last_progress > self.stall_s:
+                            raise _stalled()
+                        continue
+                    finished = finished or chunk.finish_reason is not None
+                    last_progress = time.monotonic()
+                    yield chunk
+            for payload in parser.end():
                 if payload == DONE_SENTINEL:
                     return
-                chunk = self._chunk(payload) if payload else None
-                if chunk is None:
-                    # Comments and empty deltas are not progress: a server that only
-                    # sends keepalives is as stalled as one that sends nothing.
-                    if time.monotonic() - last_progress > self.stall_s:
-                        raise _stalled()
-                    continue
-                finished = finished or chunk.finish_reason is not None
-                last_progress = time.monotonic()
-                yield chunk
+                chunk = self._chunk(payload)
+                if chunk is not None:
+                    finished = finished or chunk.finish_reason is not None
+                    yield chunk
             if not finished:
                 raise ModelError("model_unreachable", "The connection to the model ended before the answer "
                                  "was complete.", retryable=True)
@@ -269,16 +278,25 @@ def _retry_after_s(response: httpx2.Response) -> float | None:
         return None
 
 
-async def _sse_data(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The ``data`` of each server-sent event in ``body``, multi-line data joined with newlines.
+class SSEParser:
+    """Server-sent events, fed in pieces: the ``data`` of each complete event, multi-line data joined.
 
-    Comment lines yield ``b""`` so the caller can notice a stream of keepalives.
+    Comment lines give ``b""`` so the caller can notice a stream of keepalives.
+    A plain class, not an async generator: a token's bytes are parsed without
+    another generator to resume and suspend.
     """
-    buffer = b""
-    data: list[bytes] = []
-    async for piece in body:
-        buffer += piece
-        *lines, buffer = buffer.split(b"\n")
+
+    __slots__ = ("buffer", "data")
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.data: list[bytes] = []
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        buffer = self.buffer + piece if self.buffer else piece
+        *lines, self.buffer = buffer.split(b"\n")
+        out: list[bytes] = []
+        data = self.data
         for line in lines:
             if line.endswith(b"\r"):
                 line = line[:-1]
@@ -287,11 +305,37 @@ async def _sse_data(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
                 data.append(value[1:] if value.startswith(b" ") else value)
             elif not line:
                 if data:
-                    yield b"\n".join(data)
+                    out.append(data[0] if len(data) == 1 else b"\n".join(data))
                     data.clear()
             elif line.startswith(b":"):
-                yield b""
-    if buffer.startswith(b"data:"):
-        data.append(buffer[5:].lstrip(b" "))
-    if data:
-        yield b"\n".join(data)
+                out.append(b"")
+        return out
+
+    def end(self) -> list[bytes]:
+        """What an unterminated last event holds when the body ends."""
+        if self.buffer.startswith(b"data:"):
+            self.data.append(self.buffer[5:].lstrip(b" "))
+        self.buffer = b""
+        out = [b"\n".join(self.data)] if self.data else []
+        self.data.clear()
+        return out
+
+
+async def _sse_data(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The ``data`` of each server-sent event in ``body`` (see ``SSEParser``)."""
+    parser = SSEParser()
+    async for piece in body:
+        for data in parser.feed(piece):
+            yield data
+    for data in parser.end():
+        yield data
+
+
+def _body_bytes(response: httpx2.Response) -> AsyncIterator[bytes]:
+    """The decoded body. Uncompressed from ``LeanTransport``, its own stream is read directly:
+    httpx's wrapping generators (decode, chunk, count, time) cost a resume each per token."""
+    stream = getattr(response.stream, "_stream", None)  # httpx2 wraps the transport's stream once
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if isinstance(stream, LeanBody) and encoding in ("", "identity"):
+        return stream.__aiter__()
+    return response.aiter_bytes()

@@ -27,13 +27,15 @@ KEEPALIVE_SSE = b": keepalive\n\n"
 class Event:
     """One entry of a channel's log: ``id`` is 1..n per channel, no gaps."""
 
-    __slots__ = ("channel", "id", "type", "data_json", "_sse", "_ws", "_ws_frame")
+    __slots__ = ("channel", "id", "type", "data_json", "terminal", "_sse", "_ws", "_ws_frame")
 
     def __init__(self, channel: str, id: int, type: str, data_json: bytes):
         self.channel = channel
         self.id = id
         self.type = type
         self.data_json = data_json
+        # Read for every event by the store, the hub and each reader: decided once.
+        self.terminal = type in TERMINAL_TYPES
         self._sse: bytes | None = None
         self._ws: str | None = None
         self._ws_frame: bytes | None = None
@@ -45,10 +47,6 @@ class Event:
     @property
     def data(self) -> dict[str, Any]:
         return orjson.loads(self.data_json)
-
-    @property
-    def terminal(self) -> bool:
-        return self.type in TERMINAL_TYPES
 
     def sse(self) -> bytes:
         if self._sse is None:

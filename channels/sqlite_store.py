@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,10 @@ MAX_BATCH_EVENTS = 4096
 MAX_UNAWAITED_BACKLOG = 2 * MAX_BATCH_EVENTS
 # A background checkpoint starts once this many events were committed since the last.
 CHECKPOINT_EVERY_EVENTS = 20_000
+# Past this size the next checkpoint holds the writer until it ends. A checkpoint that
+# runs while commits go on can never copy the newest frames, so the WAL would never
+# start over and would grow by a page per event for as long as writes continue.
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -145,13 +150,18 @@ class _ChannelLog:
 
 
 class SQLiteStore:
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, *, checkpoint_every_events: int = CHECKPOINT_EVERY_EVENTS,
+                 wal_limit_bytes: int = WAL_LIMIT_BYTES):
         self.path = Path(path)
+        self.checkpoint_every_events = checkpoint_every_events
+        self.wal_limit_bytes = wal_limit_bytes
         self.on_commit: CommitListener | None = None
         self._writer: _Writer | None = None
         self._reader_db: aiosqlite.Connection | None = None
         self._checkpointer: aiosqlite.Connection | None = None
         self._checkpoint: asyncio.Task[None] | None = None
+        # Set while a catching-up checkpoint copies the last frames: commits wait for it.
+        self._writes_held: asyncio.Future[None] | None = None
         self._since_checkpoint = 0
         self._logs: dict[str, _ChannelLog] = {}
         self._pending: list[_Pending] = []
@@ -167,7 +177,7 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = _Writer(_connect_writer(self.path))
+        self._writer = _Writer(_connect_writer(self.path, self.wal_limit_bytes))
         await self._writer.run(_migrate, self._writer.db)
         self._reader_db = await self._connect()
         self._checkpointer = await self._connect()
@@ -373,6 +383,8 @@ class SQLiteStore:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
+                if self._writes_held is not None:
+                    await self._writes_held
                 batch = self._pending[:MAX_BATCH_EVENTS]
                 del self._pending[:MAX_BATCH_EVENTS]
                 await self._commit(batch)
@@ -425,20 +437,41 @@ class SQLiteStore:
     def _maybe_checkpoint(self, committed: int) -> None:
         """Copy the WAL into the database off the loop, once enough was written."""
         self._since_checkpoint += committed
-        if self._since_checkpoint < CHECKPOINT_EVERY_EVENTS or self._checkpoint is not None:
+        if self._since_checkpoint < self.checkpoint_every_events or self._checkpoint is not None:
             return
         self._since_checkpoint = 0
-        self._checkpoint = asyncio.get_running_loop().create_task(self._run_checkpoint(),
+        catch_up = self.wal_bytes() > self.wal_limit_bytes
+        self._checkpoint = asyncio.get_running_loop().create_task(self._run_checkpoint(catch_up),
                                                                   name="chime-store-checkpoint")
 
-    async def _run_checkpoint(self) -> None:
+    def wal_bytes(self) -> int:
+        """The size of the write-ahead log file (0 when there is none)."""
         try:
-            if self._checkpointer is not None:
-                # PASSIVE never blocks the writer or a reader; what it cannot copy now waits for the next.
-                await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            return os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            return 0
+
+    async def _run_checkpoint(self, catch_up: bool) -> None:
+        """PASSIVE never blocks the writer or a reader; what it cannot copy now waits for the next.
+
+        With ``catch_up`` a second pass copies, while commits wait, only what was
+        committed during the first: then nothing is left, the next commit starts
+        the WAL over, and ``journal_size_limit`` trims the file.
+        """
+        checkpointer = self._checkpointer
+        try:
+            if checkpointer is None:
+                return
+            await checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if catch_up:
+                self._writes_held = asyncio.get_running_loop().create_future()
+                await checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except Exception:
             log.exception("WAL checkpoint failed")
         finally:
+            held, self._writes_held = self._writes_held, None
+            if held is not None:
+                held.set_result(None)
             self._checkpoint = None
 
     # ---- push subscriptions ---------------------------------------------
@@ -488,10 +521,11 @@ class _Writer:
         self.db.close()
 
 
-def _connect_writer(path: Path) -> sqlite3.Connection:
+def _connect_writer(path: Path, wal_limit_bytes: int) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     for pragma in PRAGMAS:
         db.execute(pragma)
+    db.execute(f"PRAGMA journal_size_limit = {int(wal_limit_bytes)}")
     # Checkpoints (the only writes that fsync) run on another connection's thread.
     db.execute("PRAGMA wal_autocheckpoint = 0")
     return db

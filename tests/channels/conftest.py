@@ -7,6 +7,7 @@ from typing import AsyncIterator
 
 import pytest
 
+from channels.hub import Hub
 from channels.store import Store
 from tests.channels.stores import STORE_KINDS, StoreKind
 
@@ -29,3 +30,11 @@ async def store(kind: StoreKind, location: Path) -> AsyncIterator[Store]:
     await store.open()
     yield store
     await store.close()
+
+
+@pytest.fixture
+def hub(store: Store) -> Hub:
+    """A hub told of every commit of ``store``, as the app wires them."""
+    hub = Hub()
+    store.on_commit = hub.publish
+    return hub

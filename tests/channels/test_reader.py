@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -14,31 +12,9 @@ from channels.events import DELTA, DONE, Event
 from channels.hub import Hub
 from channels.reader import read_once, replay_then_live
 from channels.sqlite_store import SQLiteStore
+from tests.channels.stores import new_channel
 
 DEADLINE_S = 10.0
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    store = SQLiteStore(tmp_path / "chime.sqlite3")
-    await store.open()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-def hub(store: SQLiteStore) -> Hub:
-    hub = Hub()
-    store.on_commit = hub.publish
-    return hub
-
-
-async def new_channel(store: SQLiteStore) -> str:
-    user, conversation, channel = (uuid.uuid4().hex for _ in range(3))
-    await store.create_user(user, f"hash-{user}")
-    await store.create_conversation(conversation, user, "t")
-    await store.create_channel(channel, user, conversation, "demo")
-    return channel
 
 
 async def append_deltas(store: SQLiteStore, channel: str, count: int, start: int = 0) -> None:

@@ -9,6 +9,7 @@ from channels.hub import Hub
 from channels.reader import replay_then_live
 from channels.sqlite_store import SQLiteStore
 from tests.channels.stores import new_channel
+from tests.support.waiting import async_wait_until
 
 DEADLINE_S = 10.0
 
@@ -37,18 +38,22 @@ async def read_all(store: SQLiteStore, hub: Hub, channel: str, sink: Sink, keepa
 
 
 async def until(condition, what: str) -> None:
-    async with asyncio.timeout(DEADLINE_S):
-        while not condition():
-            await asyncio.sleep(0.005)  # polling a condition with a deadline, not dodging a race
+    await async_wait_until(condition, DEADLINE_S, what)
 
 
-async def test_live_events_go_straight_to_the_connection_after_their_commit(store: SQLiteStore, hub: Hub) -> None:
+async def reader_past_a_direct_write(store: SQLiteStore, hub: Hub) -> tuple[str, Sink, asyncio.Task]:
+    """A reader attached to a running channel whose first delta (id 2) went straight to its sink."""
     channel = await new_channel(store)
     sink = Sink()
     reader = asyncio.create_task(read_all(store, hub, channel, sink))
     await until(lambda: hub.readers == 1, "the reader to attach")
     await store.append(channel, DELTA, {"content": "a"})
-    await until(lambda: sink.written == [2], "the first live event")  # meta (1) was replayed by the loop
+    await until(lambda: sink.written == [2], "a direct write")  # meta (1) was replayed by the loop
+    return channel, sink, reader
+
+
+async def test_live_events_go_straight_to_the_connection_after_their_commit(store: SQLiteStore, hub: Hub) -> None:
+    channel, sink, reader = await reader_past_a_direct_write(store, hub)
     await store.append(channel, DELTA, {"content": "b"})
     await store.append(channel, DONE, {"finish_reason": "stop"})
     yielded = await asyncio.wait_for(reader, DEADLINE_S)
@@ -56,12 +61,7 @@ async def test_live_events_go_straight_to_the_connection_after_their_commit(stor
 
 
 async def test_a_refused_write_hands_the_events_back_to_the_reader_in_order(store: SQLiteStore, hub: Hub) -> None:
-    channel = await new_channel(store)
-    sink = Sink()
-    reader = asyncio.create_task(read_all(store, hub, channel, sink))
-    await until(lambda: hub.readers == 1, "the reader to attach")
-    await store.append(channel, DELTA, {"content": "a"})
-    await until(lambda: sink.written == [2], "a direct write")
+    channel, sink, reader = await reader_past_a_direct_write(store, hub)
     sink.full = True  # the send buffer is full: the task must send the next events itself
     await store.append(channel, DELTA, {"content": "b"})
     await store.append(channel, DELTA, {"content": "c"})
@@ -91,12 +91,7 @@ async def test_quiet_for_the_keepalive_interval_yields_a_keepalive(store: SQLite
 
 
 async def test_shutdown_hands_every_follower_back_and_ends_its_stream(store: SQLiteStore, hub: Hub) -> None:
-    channel = await new_channel(store)
-    sink = Sink()
-    reader = asyncio.create_task(read_all(store, hub, channel, sink))
-    await until(lambda: hub.readers == 1, "the reader to attach")
-    await store.append(channel, DELTA, {"content": "a"})
-    await until(lambda: sink.written == [2], "a direct write")
+    _, _, reader = await reader_past_a_direct_write(store, hub)
     hub.shutdown()
     assert await asyncio.wait_for(reader, DEADLINE_S) == [[1]]
 

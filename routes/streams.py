@@ -107,19 +107,27 @@ def sse_direct_write(response) -> DirectWrite | None:
     if http is None or http.response_func != http.http1_response_chunked:
         return None
     protocol = http.protocol
-    transport = protocol.transport
 
     def write(events: list[Event]) -> bool:
-        if transport is None or transport.is_closing() or not protocol._can_write.is_set():
-            return False
-        if transport.get_write_buffer_size() > DIRECT_WRITE_MAX_BUFFERED_BYTES:
+        if not _takes_a_direct_write(protocol):
             return False
         payload = sse_batch(events)
-        transport.write(b"%x\r\n%b\r\n" % (len(payload), payload))
-        protocol._time = current_time()  # what protocol.send records: the response timeout's clock
+        _write_directly(protocol, b"%x\r\n%b\r\n" % (len(payload), payload))
         return True
 
     return write
+
+
+def _takes_a_direct_write(protocol) -> bool:
+    """Open, not held back by Sanic, and with little waiting in its send buffer."""
+    transport = protocol.transport
+    return (transport is not None and not transport.is_closing() and protocol._can_write.is_set()
+            and transport.get_write_buffer_size() <= DIRECT_WRITE_MAX_BUFFERED_BYTES)
+
+
+def _write_directly(protocol, data: bytes) -> None:
+    protocol.transport.write(data)
+    protocol._time = current_time()  # what protocol.send records: the response timeout's clock
 
 
 # ---- WebSocket -------------------------------------------------------------
@@ -179,15 +187,12 @@ def ws_direct_write(ws) -> DirectWrite | None:
     if ws.ws_proto.extensions:
         return None
     protocol = ws.io_proto
-    transport = protocol.transport
 
     def write(events: list[Event]) -> bool:
-        if (transport is None or transport.is_closing() or ws.conn_mutex.locked()
-                or ws.ws_proto.state in (CLOSED, CLOSING) or not protocol._can_write.is_set()
-                or transport.get_write_buffer_size() > DIRECT_WRITE_MAX_BUFFERED_BYTES):
+        if (ws.conn_mutex.locked() or ws.ws_proto.state in (CLOSED, CLOSING)
+                or not _takes_a_direct_write(protocol)):
             return False
-        transport.write(ws_batch(events))
-        protocol._time = current_time()
+        _write_directly(protocol, ws_batch(events))
         return True
 
     return write

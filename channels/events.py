@@ -55,15 +55,18 @@ class Event:
 
     def ws(self) -> str:
         if self._ws is None:
-            self._ws = '{"id":%d,"event":"%s","data":%s}' % (self.id, self.type, self.data_json.decode())
+            self._ws = self._ws_json().decode()
         return self._ws
 
     def ws_frame(self) -> bytes:
         """The whole WebSocket text frame (server frames are unmasked), built once for every reader."""
         if self._ws_frame is None:
-            self._ws_frame = ws_text_frame(b'{"id":%d,"event":"%s","data":%s}'
-                                           % (self.id, self.type.encode(), self.data_json))
+            self._ws_frame = ws_text_frame(self._ws_json())
         return self._ws_frame
+
+    def _ws_json(self) -> bytes:
+        """The event as the API's WebSocket message: ``{"id", "event", "data"}``."""
+        return b'{"id":%d,"event":"%s","data":%s}' % (self.id, self.type.encode(), self.data_json)
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "event": self.type, "data": self.data}

@@ -15,7 +15,6 @@ whose message a person can act on and never carries the API key.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
 import time
@@ -29,6 +28,7 @@ import orjson
 
 from llm.base import Chunk, ModelError
 from llm.http11 import LeanBody, LeanTransport
+from retry_after import parse_retry_after
 from settings import Settings
 
 log = logging.getLogger("chime.model")
@@ -263,19 +263,10 @@ def _usage(raw: object) -> dict[str, int] | None:
 def _retry_after_s(response: httpx2.Response) -> float | None:
     """``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date), when given."""
     headers = response.headers
-    try:
-        if "retry-after-ms" in headers:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        raw = headers.get("retry-after")
-        if raw is None:
-            return None
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            when = email.utils.parsedate_to_datetime(raw)
-            return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    if "retry-after-ms" in headers:
+        milliseconds = parse_retry_after(headers["retry-after-ms"])
+        return None if milliseconds is None else milliseconds / 1000
+    return parse_retry_after(headers.get("retry-after"))
 
 
 class SSEParser:

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -24,6 +23,7 @@ from pywebpush import WebPushException, webpush_async
 from channels.store import PushSubscription
 from notify.addresses import BlockedAddress, GuardedResolver, RefusedEndpoint, parse_endpoint
 from notify.vapid import VapidKeys
+from retry_after import parse_retry_after
 
 log = logging.getLogger("chime.push")
 
@@ -104,22 +104,6 @@ def _refused(exc: WebPushException) -> SendResult:
     if exc.status_code is None:
         return SendResult(error=exc.message)
     return SendResult(status=exc.status_code, retry_after_s=parse_retry_after(exc.retry_after))
-
-
-def parse_retry_after(raw: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: a number of seconds or an HTTP date; None when unusable."""
-    if raw is None:
-        return None
-    raw = raw.strip()
-    if raw.isdigit():
-        return float(raw)
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class _WithoutRedirects:

@@ -10,7 +10,7 @@ import pytest
 
 from channels.store import PushSubscription
 from notify.payload import build_payload, topic_for
-from notify.sender import SendResult, WebPushSender, parse_retry_after
+from notify.sender import SendResult, WebPushSender
 from notify.vapid import VapidKeys
 from tests.support.push_service import Answer, BrowserSubscription, PushService
 
@@ -130,13 +130,3 @@ async def test_without_allow_private_no_private_address_is_called(
                                                          ttl_s=TTL_S)
     assert result.blocked and result.status is None
     assert push_service.attempts == [] and push_service.errors == []
-
-
-def test_retry_after_is_seconds_or_an_http_date() -> None:
-    assert parse_retry_after("120") == 120.0
-    assert parse_retry_after(" 3 ") == 3.0
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after("-5") is None
-    assert parse_retry_after(None) is None

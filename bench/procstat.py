@@ -14,22 +14,58 @@ def cpu_s(pid: int) -> float:
     return sum(cpu_split_s(pid))
 
 
-def cpu_split_s(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of the process."""
-    with open(f"/proc/{pid}/stat", "rb") as stat:
-        fields = stat.read().rsplit(b")", 1)[1].split()
+def cpu_split_s(pid: int, tree: bool = False) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process; with ``tree``, of its children too.
+
+    A child's share is counted while it runs and, once reaped, through the
+    parent's cutime/cstime (fields 16 and 17).
+    """
+    fields = _stat(pid)
     # fields[0] is field 3 (state), so utime (14) and stime (15) are at 11 and 12.
-    return int(fields[11]) / CLOCK_TICKS_PER_S, int(fields[12]) / CLOCK_TICKS_PER_S
+    user, system = int(fields[11]), int(fields[12])
+    if tree:
+        user, system = user + int(fields[13]), system + int(fields[14])
+        for child in children(pid):
+            child_user, child_system = cpu_split_s(child, tree=True)
+            user, system = user + child_user * CLOCK_TICKS_PER_S, system + child_system * CLOCK_TICKS_PER_S
+    return user / CLOCK_TICKS_PER_S, system / CLOCK_TICKS_PER_S
 
 
-def memory_kb(pid: int) -> dict[str, int]:
-    """VmRSS (now) and VmHWM (peak) in KiB, from /proc/<pid>/status."""
-    found: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                found[name] = int(value.split()[0])
+def _stat(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()
+    except FileNotFoundError:  # a child that exited between listing and reading
+        return [b"0"] * 20
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes (the server's database writer)."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as listed:
+                found += [int(child) for child in listed.read().split()]
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def memory_kb(pid: int, tree: bool = False) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak) in KiB, from /proc/<pid>/status; with ``tree``, summed over children."""
+    found: dict[str, int] = {"VmRSS": 0, "VmHWM": 0}
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                name, _, value = line.partition(":")
+                if name in found:
+                    found[name] = int(value.split()[0])
+    except FileNotFoundError:
+        pass
+    if tree:
+        for child in children(pid):
+            for name, kb in memory_kb(child, tree=True).items():
+                found[name] += kb
     return found
 
 
@@ -43,6 +79,7 @@ class CpuMeter:
     """CPU seconds a process spent between ``start`` and ``stop``; pid None means this process."""
 
     pid: int | None
+    tree: bool = False  # with the process's children
     started: tuple[float, float] = (0.0, 0.0)
     used_s: float = 0.0
     system_s: float = 0.0  # the part spent in the kernel (syscalls, loopback TCP)
@@ -51,7 +88,7 @@ class CpuMeter:
         if self.pid is None:
             usage = resource.getrusage(resource.RUSAGE_SELF)
             return usage.ru_utime, usage.ru_stime
-        return cpu_split_s(self.pid)
+        return cpu_split_s(self.pid, self.tree)
 
     def start(self) -> "CpuMeter":
         self.started = self.read()

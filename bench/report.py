@@ -25,6 +25,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("max_ms", "max ms", "{:.2f}"),
     ("tokens_per_s", "tok/s", "{:,.0f}"),
     ("server_us_per_token", "srv µs/tok", "{:.1f}"),
+    ("loop_us_per_token", "loop µs/tok", "{:.1f}"),
     ("server_system_pct", "srv sys%", "{:.0f}"),
     ("server_peak_rss_mb", "srv peak MB", "{:.1f}"),
     ("kb_per_connection", "KB/conn", "{:.1f}"),

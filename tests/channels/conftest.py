@@ -8,6 +8,7 @@ from typing import AsyncIterator
 import pytest
 
 from channels.hub import Hub
+from channels.sqlite_store import SQLiteStore
 from channels.store import Store
 from tests.channels.stores import STORE_KINDS, StoreKind
 
@@ -38,3 +39,12 @@ def hub(store: Store) -> Hub:
     hub = Hub()
     store.on_commit = hub.publish
     return hub
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """For what only the SQLite store has (its file, its writer process); ``store.path`` is the database."""
+    store = SQLiteStore(tmp_path / "chime.sqlite3")
+    await store.open()
+    yield store
+    await store.close()

@@ -56,31 +56,26 @@ async def test_deleting_a_conversation_waits_for_its_queued_events(
     assert await store.get_channel(channel) is None
 
 
-async def test_a_failed_commit_drops_the_queued_events_and_fails_the_next_append(tmp_path: Path) -> None:
-    path = tmp_path / "chime.sqlite3"
-    store = SQLiteStore(path)
-    await store.open()
-    try:
-        channel = await new_channel(store)
-        await store.append(channel, DELTA, {"content": "kept"})
-        with sqlite3.connect(path) as db:  # a real write failure, raised by SQLite itself
-            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.data = CAST('{\"content\":\"boom\"}' "
-                       "AS BLOB) BEGIN SELECT RAISE(ABORT, 'refused'); END")
-        heard: list[int] = []
-        store.on_commit = lambda events: heard.extend(e.id for e in events)
-        for content in ("lost 1", "boom", "lost 2"):
-            await store.append(channel, DELTA, {"content": content}, wait=False)
-        with pytest.raises(sqlite3.DatabaseError, match="refused"):
-            await store.append(channel, DELTA, {"content": "after the failure"})
-        assert heard == []  # nothing of the failed batch reached a reader
+async def test_a_failed_commit_drops_the_queued_events_and_fails_the_next_append(sqlite_store: SQLiteStore) -> None:
+    store = sqlite_store
+    channel = await new_channel(store)
+    await store.append(channel, DELTA, {"content": "kept"})
+    with sqlite3.connect(store.path) as db:  # a real write failure, raised by SQLite itself
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.data = "
+                   "CAST('{\"content\":\"boom\"}' AS BLOB) BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    heard: list[int] = []
+    store.on_commit = lambda events: heard.extend(e.id for e in events)
+    for content in ("lost 1", "boom", "lost 2"):
+        await store.append(channel, DELTA, {"content": content}, wait=False)
+    with pytest.raises(sqlite3.DatabaseError, match="refused"):
+        await store.append(channel, DELTA, {"content": "after the failure"})
+    assert heard == []  # nothing of the failed batch reached a reader
 
-        after = await store.append(channel, DELTA, {"content": " again"})
-        end = await store.append(channel, DONE, {"finish_reason": "stop"})
-        assert (after.id, end.id) == (3, 4)  # ids continue with no gap
-        assert [e.id for e in await store.read_after(channel, 0)] == [1, 2, 3, 4]
-        assert await store.channel_content(channel) == "kept again"
-    finally:
-        await store.close()
+    after = await store.append(channel, DELTA, {"content": " again"})
+    end = await store.append(channel, DONE, {"finish_reason": "stop"})
+    assert (after.id, end.id) == (3, 4)  # ids continue with no gap
+    assert [e.id for e in await store.read_after(channel, 0)] == [1, 2, 3, 4]
+    assert await store.channel_content(channel) == "kept again"
 
 
 async def test_the_terminal_commit_stores_the_whole_answer_before_and_after_a_restart(

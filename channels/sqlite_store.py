@@ -30,7 +30,7 @@ import aiosqlite
 import orjson
 
 from channels.events import DELTA, TERMINAL_TYPES, Event
-from channels.sqlite_writer import PRAGMAS, SQL_DELTAS, WriterProcess
+from channels.sqlite_writer import FOLD_AFTER_S, FOLD_ROWS, PRAGMAS, SQL_DELTAS, WriterProcess
 from channels.store import (
     ChannelClosed,
     ChannelRecord,
@@ -100,13 +100,34 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX push_subscriptions_by_user ON push_subscriptions (user_id);
     """,
+    # Events are appended here in commit order and folded into ``events`` in batches
+    # (``channels.sqlite_writer.Writer``): a commit then writes a few pages, not one per channel.
+    """
+    CREATE TABLE recent_events (
+        seq      INTEGER PRIMARY KEY,
+        channel  TEXT NOT NULL,
+        id       INTEGER NOT NULL,
+        type     TEXT NOT NULL,
+        data     BLOB NOT NULL
+    );
+    """,
 )
 
-SQL_READ_AFTER = "SELECT id, type, data FROM events WHERE channel = ? AND id > ? ORDER BY id LIMIT ?"
-SQL_LAST_ID = "SELECT COALESCE(MAX(id), 0) FROM events WHERE channel = ?"
+# A channel's events are in ``events`` once folded and in ``recent_events`` until then;
+# a fold moves them in one transaction, so each statement below sees every one exactly once.
+SQL_READ_AFTER = """
+    SELECT id, type, data FROM events WHERE channel = ?1 AND id > ?2
+    UNION ALL SELECT id, type, data FROM recent_events WHERE channel = ?1 AND id > ?2
+    ORDER BY id LIMIT ?3
+"""
+SQL_LAST_ID = """
+    SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM events WHERE channel = ?1),
+               (SELECT COALESCE(MAX(id), 0) FROM recent_events WHERE channel = ?1))
+"""
 SQL_CHANNEL = """
     SELECT c.id, c.user_id, c.conversation_id, c.model, c.status, c.created_at, c.finished_at, c.usage,
-           (SELECT COALESCE(MAX(e.id), 0) FROM events e WHERE e.channel = c.id)
+           MAX((SELECT COALESCE(MAX(e.id), 0) FROM events e WHERE e.channel = c.id),
+               (SELECT COALESCE(MAX(r.id), 0) FROM recent_events r WHERE r.channel = c.id))
     FROM channels c WHERE c.id = ?
 """
 SQL_CHANNEL_STATUS = "SELECT status FROM channels WHERE id = ?"
@@ -147,10 +168,13 @@ class _ChannelLog:
 
 class SQLiteStore:
     def __init__(self, path: Path | str, *, checkpoint_every_events: int = CHECKPOINT_EVERY_EVENTS,
-                 wal_limit_bytes: int = WAL_LIMIT_BYTES):
+                 wal_limit_bytes: int = WAL_LIMIT_BYTES, fold_rows: int = FOLD_ROWS,
+                 fold_after_s: float = FOLD_AFTER_S):
         self.path = Path(path)
         self.checkpoint_every_events = checkpoint_every_events
         self.wal_limit_bytes = wal_limit_bytes
+        self.fold_rows = fold_rows
+        self.fold_after_s = fold_after_s
         self.on_commit: CommitListener | None = None
         self._writer: WriterProcess | None = None
         self._reader_db: aiosqlite.Connection | None = None
@@ -173,7 +197,8 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = WriterProcess(self.path, self.wal_limit_bytes, MIGRATIONS)
+        self._writer = WriterProcess(self.path, self.wal_limit_bytes, MIGRATIONS, fold_rows=self.fold_rows,
+                                     fold_after_s=self.fold_after_s)
         await self._writer.start()
         self._reader_db = await self._connect()
         self._checkpointer = await self._connect()
@@ -259,8 +284,10 @@ class SQLiteStore:
     async def delete_conversation(self, conversation_id: str) -> list[str]:
         channels = [row[0] for row in await self._fetchall(
             "SELECT id FROM channels WHERE conversation_id = ?", (conversation_id,))]
+        marks = ",".join("?" * len(channels))
         statements: list[tuple[str, Sequence[Any]]] = [
-            (f"DELETE FROM events WHERE channel IN ({','.join('?' * len(channels))})", channels),
+            (f"DELETE FROM events WHERE channel IN ({marks})", channels),
+            (f"DELETE FROM recent_events WHERE channel IN ({marks})", channels),
         ] if channels else []
         statements += [
             ("DELETE FROM messages WHERE conversation_id = ?", (conversation_id,)),
@@ -315,7 +342,7 @@ class SQLiteStore:
 
     async def channel_content(self, channel_id: str) -> str:
         rows = await self._r.execute_fetchall(SQL_DELTAS, (channel_id,))
-        return "".join(orjson.loads(data)["content"] for (data,) in rows)
+        return "".join(orjson.loads(data)["content"] for _, data in rows)
 
     async def running_channels(self) -> list[str]:
         return [row[0] for row in await self._fetchall("SELECT id FROM channels WHERE status = 'running'")]

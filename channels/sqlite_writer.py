@@ -12,7 +12,7 @@ pickle. A request is ``(operation, args)``; a reply is ``(True, result)`` or
 dies: nothing else stops it, so a ``SIGINT``/``SIGTERM`` meant for the server
 cannot cut a write short while the server still finishes its streams.
 
-Run as ``python -m channels.sqlite_writer DATABASE WAL_LIMIT_BYTES FD``.
+Run as ``python -m channels.sqlite_writer DATABASE WAL_LIMIT_BYTES FD FOLD_ROWS FOLD_AFTER_S``.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ import asyncio
 import collections
 import logging
 import pickle
+import select
 import signal
 import socket
 import sqlite3
 import sys
+import time
 from pathlib import Path
-from typing import Any, Callable, Sequence, cast
+from typing import Any, Sequence, cast
 
 import orjson
 
@@ -37,6 +39,12 @@ log = logging.getLogger("chime.store")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HEADER_BYTES = 4
+# Events wait in ``recent_events`` until this many are there, or the oldest has waited
+# this long and no request is waiting: then they are folded into ``events``.
+FOLD_ROWS = 8192
+FOLD_AFTER_S = 1.0
+# A fold is this many transactions, each a range of channels, with requests served between.
+FOLD_PIECES = 4
 # How long ``close`` waits for the child to finish its last transaction and exit.
 EXIT_TIMEOUT_S = 10.0
 
@@ -49,8 +57,16 @@ PRAGMAS = (
     "PRAGMA busy_timeout = 5000",
 )
 
-SQL_DELTAS = "SELECT data FROM events WHERE channel = ? AND type = 'delta' ORDER BY id"
-SQL_INSERT_EVENT = "INSERT INTO events (channel, id, type, data) VALUES (?, ?, ?, ?)"
+# A channel's events are in ``events`` once folded, and in ``recent_events`` until then.
+SQL_DELTAS = """
+    SELECT id, data FROM events WHERE channel = ?1 AND type = 'delta'
+    UNION ALL SELECT id, data FROM recent_events WHERE channel = ?1 AND type = 'delta'
+    ORDER BY id
+"""
+SQL_INSERT_EVENT = "INSERT INTO recent_events (channel, id, type, data) VALUES (?, ?, ?, ?)"
+SQL_FOLD = ("INSERT INTO events (channel, id, type, data) SELECT channel, id, type, data FROM recent_events "
+            "WHERE channel BETWEEN ?1 AND ?2 ORDER BY channel, id")
+SQL_FOLDED = "DELETE FROM recent_events WHERE channel BETWEEN ?1 AND ?2"
 SQL_SET_USAGE = "UPDATE channels SET usage = ? WHERE id = ?"
 SQL_FINISH_CHANNEL = "UPDATE channels SET status = ?, finished_at = ? WHERE id = ?"
 SQL_FINISH_MESSAGE = "UPDATE messages SET content = ?, status = ? WHERE channel = ? AND role = 'assistant'"
@@ -73,10 +89,13 @@ class WriterProcess:
     ``WriterGone`` and the next request starts a new process.
     """
 
-    def __init__(self, path: Path, wal_limit_bytes: int, migrations: Sequence[str]):
+    def __init__(self, path: Path, wal_limit_bytes: int, migrations: Sequence[str], *,
+                 fold_rows: int = FOLD_ROWS, fold_after_s: float = FOLD_AFTER_S):
         self.path = path
         self.wal_limit_bytes = wal_limit_bytes
         self.migrations = tuple(migrations)
+        self.fold_rows = fold_rows
+        self.fold_after_s = fold_after_s
         self._process: asyncio.subprocess.Process | None = None
         self._replies: _Replies | None = None
         self._starting: asyncio.Lock | None = None
@@ -90,13 +109,18 @@ class WriterProcess:
         """Requests sent and not yet answered."""
         return self._replies.in_flight if self._replies is not None else 0
 
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return self._replies.in_flight if self._replies is not None else 0
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "channels.sqlite_writer", str(self.path), str(self.wal_limit_bytes),
-                str(theirs.fileno()), pass_fds=(theirs.fileno(),), cwd=PROJECT_ROOT,
+                str(theirs.fileno()), str(self.fold_rows), str(self.fold_after_s), pass_fds=(theirs.fileno(),), cwd=PROJECT_ROOT,
                 stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
         except BaseException:
             ours.close()
@@ -151,6 +175,10 @@ class _Replies(asyncio.Protocol):
         self._waiting: collections.deque[asyncio.Future[tuple[bool, Any]]] = collections.deque()
         self._buffer = bytearray()
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
 
     @property
     def in_flight(self) -> int:
@@ -215,59 +243,136 @@ def connect(path: Path | str, wal_limit_bytes: int) -> sqlite3.Connection:
     return db
 
 
-def migrate(db: sqlite3.Connection, migrations: Sequence[str]) -> None:
-    """Bring the schema to ``len(migrations)``; index + 1 is the version (PRAGMA user_version)."""
-    (version,) = db.execute("PRAGMA user_version").fetchone()
-    if version > len(migrations):
-        raise RuntimeError(f"database schema version {version} is newer than this Chime ({len(migrations)})")
-    for number, script in enumerate(migrations[version:], start=version + 1):
-        db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
-        log.info("database migrated to schema version %d", number)
+class Writer:
+    """The writing connection and what it knows of ``recent_events``.
 
+    Events are appended to ``recent_events``, keyed by append order: each insert
+    lands on the B-tree's last page, so a group commit of one token from each of
+    a thousand channels writes a few pages to the WAL, not a page per channel.
+    Folding moves them into ``events`` (keyed by channel and id), where each
+    channel's page then takes many events at once. A fold runs in pieces, each a
+    range of channels in its own transaction, with requests served in between:
+    no commit waits for more than one piece.
+    """
 
-def run_statements(db: sqlite3.Connection, statements: list[tuple[str, Sequence[Any]]]) -> int:
-    """One transaction; returns the rows the last statement changed."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        changed = 0
-        for sql, params in statements:
-            changed = db.execute(sql, params).rowcount
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-    return changed
+    def __init__(self, db: sqlite3.Connection, fold_rows: int = FOLD_ROWS, fold_after_s: float = FOLD_AFTER_S,
+                 fold_pieces: int = FOLD_PIECES):
+        self.db = db
+        self.fold_rows = fold_rows
+        self.fold_after_s = fold_after_s
+        self.fold_pieces = fold_pieces
+        self.recent = 0  # rows in recent_events
+        self.channels: set[str] = set()  # the channels with rows there since the last fold began
+        self.fold_at = 0.0  # when waiting rows must be folded even if more keep coming
+        self.pieces: collections.deque[tuple[str, str]] = collections.deque()  # the fold under way
 
+    def migrate(self, migrations: Sequence[str]) -> None:
+        """Bring the schema to ``len(migrations)``; index + 1 is the version (PRAGMA user_version)."""
+        db = self.db
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > len(migrations):
+            raise RuntimeError(f"database schema version {version} is newer than this Chime ({len(migrations)})")
+        for number, script in enumerate(migrations[version:], start=version + 1):
+            db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+            log.info("database migrated to schema version %d", number)
+        self.pieces.clear()
+        self.channels = {row[0] for row in db.execute("SELECT DISTINCT channel FROM recent_events")}
+        (self.recent,) = db.execute("SELECT COUNT(*) FROM recent_events").fetchone()
+        if self.recent:  # what the previous writer left
+            self.start_fold()
+            while self.pieces:
+                self.fold_piece()
 
-def insert_events(db: sqlite3.Connection, rows: list[EventRow], answers: dict[str, str]) -> None:
-    """One group commit: the events, and what a usage or terminal event changes besides."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        db.executemany(SQL_INSERT_EVENT, rows)
-        for channel, _, type_, data in rows:
-            if type_ == USAGE:
-                db.execute(SQL_SET_USAGE, (data, channel))
-            elif type_ in TERMINAL_TYPES:
-                _finish_channel(db, channel, type_, answers.get(channel))
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
+    def statements(self, statements: list[tuple[str, Sequence[Any]]]) -> int:
+        """One transaction; returns the rows the last statement changed."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            changed = 0
+            for sql, params in statements:
+                changed = db.execute(sql, params).rowcount
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return changed
+
+    def events(self, rows: list[EventRow], answers: dict[str, str]) -> None:
+        """One group commit: the events, and what a usage or terminal event changes besides."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(SQL_INSERT_EVENT, rows)
+            for channel, _, type_, data in rows:
+                if type_ == USAGE:
+                    db.execute(SQL_SET_USAGE, (data, channel))
+                elif type_ in TERMINAL_TYPES:
+                    _finish_channel(db, channel, type_, answers.get(channel))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        if not self.recent:
+            self.fold_at = time.monotonic() + self.fold_after_s
+        self.recent += len(rows)
+        self.channels.update(row[0] for row in rows)
+
+    @property
+    def folding(self) -> bool:
+        return bool(self.pieces)
+
+    def fold_due(self) -> bool:
+        return self.recent >= self.fold_rows or (self.recent > 0 and time.monotonic() >= self.fold_at)
+
+    def fold_wait_s(self) -> float | None:
+        """How long the writer may wait for a request before folding (None: no rows wait)."""
+        return max(0.0, self.fold_at - time.monotonic()) if self.recent else None
+
+    def start_fold(self) -> None:
+        """Split the channels with waiting rows into ranges of about equal count."""
+        names = sorted(self.channels)
+        self.channels = set()
+        self.fold_at = time.monotonic() + self.fold_after_s  # for rows that come during this fold
+        if not names:  # the rows counted were deleted with their conversation
+            self._recount()
+            return
+        size = -(-len(names) // self.fold_pieces)
+        self.pieces.extend((names[i], names[min(i + size, len(names)) - 1]) for i in range(0, len(names), size))
+
+    def fold_piece(self) -> None:
+        """Move one range of channels' rows into ``events``, in one transaction."""
+        low, high = self.pieces.popleft()
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(SQL_FOLD, (low, high))
+                db.execute(SQL_FOLDED, (low, high))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except Exception:  # the rows stay readable where they are; the next fold takes them
+            log.exception("folding the recent events of channels %s..%s failed", low, high)
+            self.pieces.clear()
+            self.channels.update(row[0] for row in db.execute("SELECT DISTINCT channel FROM recent_events"))
+        if not self.pieces:
+            self._recount()
+
+    def _recount(self) -> None:
+        """What is left: rows that came during the fold, none deleted behind the count's back."""
+        (self.recent,) = self.db.execute("SELECT COUNT(*) FROM recent_events").fetchone()
 
 
 def _finish_channel(db: sqlite3.Connection, channel: str, type_: str, answer: str | None) -> None:
     if answer is None:  # appended partly by an earlier process: the deltas are the truth
         rows = db.execute(SQL_DELTAS, (channel,)).fetchall()
-        answer = "".join(orjson.loads(data)["content"] for (data,) in rows)
+        answer = "".join(orjson.loads(data)["content"] for _, data in rows)
     db.execute(SQL_FINISH_CHANNEL, (type_, utc_now(), channel))
     db.execute(SQL_FINISH_MESSAGE, (answer, type_, channel))
 
 
-OPERATIONS: dict[str, Callable[..., Any]] = {
-    "migrate": migrate,
-    "statements": run_statements,
-    "events": insert_events,
-}
+OPERATIONS = ("migrate", "statements", "events")
 
 
 def _reply(value: Any, ok: bool) -> bytes:
@@ -278,16 +383,64 @@ def _reply(value: Any, ok: bool) -> bytes:
     return len(payload).to_bytes(HEADER_BYTES, "big") + payload
 
 
-def serve(db: sqlite3.Connection, channel: socket.socket) -> None:
-    """Run each request to its end, in order, until the server closes its end."""
-    requests = channel.makefile("rb")
+class _Requests:
+    """Length-prefixed requests from the server's socket."""
+
+    def __init__(self, channel: socket.socket):
+        self.channel = channel
+        self.buffer = bytearray()
+
+    def _complete(self) -> int:
+        """The length of the first whole request in the buffer, header included (0: none)."""
+        if len(self.buffer) < HEADER_BYTES:
+            return 0
+        end = HEADER_BYTES + int.from_bytes(self.buffer[:HEADER_BYTES], "big")
+        return end if len(self.buffer) >= end else 0
+
+    def waiting(self, timeout_s: float) -> bool:
+        """Whether a request is here or arrives within ``timeout_s``."""
+        return bool(self._complete()) or bool(select.select([self.channel], [], [], timeout_s)[0])
+
+    def next(self) -> tuple[str, tuple[Any, ...]] | None:
+        """The next request; None once the server closed its end."""
+        while not (end := self._complete()):
+            data = self.channel.recv(1 << 20)
+            if not data:
+                return None
+            self.buffer += data
+        request = pickle.loads(self.buffer[HEADER_BYTES:end])
+        del self.buffer[:end]
+        return request
+
+
+def serve(writer: Writer, channel: socket.socket) -> None:
+    """Run each request to its end, in order, until the server closes its end.
+
+    A fold starts when enough rows wait, or when they waited long enough and no
+    request is here; while one is under way, requests and its pieces take turns.
+    """
+    requests = _Requests(channel)
+    piece_next = False
     while True:
-        header = requests.read(HEADER_BYTES)
-        if len(header) < HEADER_BYTES:
+        if writer.folding:
+            if piece_next or not requests.waiting(0):
+                writer.fold_piece()
+                piece_next = False
+                continue
+        else:
+            wait_s = writer.fold_wait_s()
+            if wait_s is not None and (writer.fold_due() or not requests.waiting(wait_s)):
+                writer.start_fold()
+                continue
+        request = requests.next()
+        if request is None:
             return
-        operation, args = pickle.loads(requests.read(int.from_bytes(header, "big")))
+        piece_next = True
+        operation, args = request
         try:
-            reply = _reply(OPERATIONS[operation](db, *args), True)
+            if operation not in OPERATIONS:
+                raise sqlite3.OperationalError(f"unknown writer operation {operation!r}")
+            reply = _reply(getattr(writer, operation)(*args), True)
         except Exception as exc:
             reply = _reply(exc, False)
         channel.sendall(reply)
@@ -297,11 +450,11 @@ def main(argv: list[str]) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    path, wal_limit_bytes, fd = argv
+    path, wal_limit_bytes, fd, fold_rows, fold_after_s = argv
     channel = socket.socket(fileno=int(fd))
     db = connect(path, int(wal_limit_bytes))
     try:
-        serve(db, channel)
+        serve(Writer(db, int(fold_rows), float(fold_after_s)), channel)
     finally:
         db.close()
         channel.close()

@@ -31,7 +31,8 @@ def _sqlite_path(location: Path) -> Path:
 
 def _sqlite_committed_ids(location: Path, channel: str) -> list[int]:
     with sqlite3.connect(_sqlite_path(location)) as db:
-        rows = db.execute("SELECT id FROM events WHERE channel = ? ORDER BY id", (channel,)).fetchall()
+        rows = db.execute("SELECT id FROM events WHERE channel = ?1 UNION ALL "
+                          "SELECT id FROM recent_events WHERE channel = ?1 ORDER BY id", (channel,)).fetchall()
     return [row[0] for row in rows]
 
 

@@ -61,7 +61,7 @@ async def test_a_failed_commit_drops_the_queued_events_and_fails_the_next_append
     channel = await new_channel(store)
     await store.append(channel, DELTA, {"content": "kept"})
     with sqlite3.connect(store.path) as db:  # a real write failure, raised by SQLite itself
-        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.data = "
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON recent_events WHEN NEW.data = "
                    "CAST('{\"content\":\"boom\"}' AS BLOB) BEGIN SELECT RAISE(ABORT, 'refused'); END")
     heard: list[int] = []
     store.on_commit = lambda events: heard.extend(e.id for e in events)

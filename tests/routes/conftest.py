@@ -11,7 +11,10 @@ from sanic import Sanic
 
 from settings import Settings
 
-TABLES = ("users", "conversations", "messages", "channels", "events", "push_subscriptions")
+# Each counted thing and where its rows are: a channel's events wait in recent_events until folded.
+TABLES = {"users": ("users",), "conversations": ("conversations",), "messages": ("messages",),
+          "channels": ("channels",), "events": ("events", "recent_events"),
+          "push_subscriptions": ("push_subscriptions",)}
 
 
 class Api:
@@ -52,7 +55,8 @@ class Api:
         if not self.settings.db_path.exists():
             return {table: 0 for table in TABLES}
         with sqlite3.connect(self.settings.db_path) as db:
-            return {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in TABLES}
+            return {name: sum(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in tables)
+                    for name, tables in TABLES.items()}
 
 
 @pytest.fixture

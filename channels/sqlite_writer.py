@@ -120,8 +120,9 @@ class WriterProcess:
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "channels.sqlite_writer", str(self.path), str(self.wal_limit_bytes),
-                str(theirs.fileno()), str(self.fold_rows), str(self.fold_after_s), pass_fds=(theirs.fileno(),), cwd=PROJECT_ROOT,
-                stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+                str(theirs.fileno()), str(self.fold_rows), str(self.fold_after_s),
+                pass_fds=(theirs.fileno(),), cwd=PROJECT_ROOT, stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True)
         except BaseException:
             ours.close()
             raise
@@ -276,7 +277,7 @@ class Writer:
             db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
             log.info("database migrated to schema version %d", number)
         self.pieces.clear()
-        self.channels = {row[0] for row in db.execute("SELECT DISTINCT channel FROM recent_events")}
+        self.channels = self._waiting_channels()
         (self.recent,) = db.execute("SELECT COUNT(*) FROM recent_events").fetchone()
         if self.recent:  # what the previous writer left
             self.start_fold()
@@ -335,6 +336,8 @@ class Writer:
         self.fold_at = time.monotonic() + self.fold_after_s  # for rows that come during this fold
         if not names:  # the rows counted were deleted with their conversation
             self._recount()
+            if self.recent:  # never expected: rows of channels not tracked; take them next time
+                self.channels.update(self._waiting_channels())
             return
         size = -(-len(names) // self.fold_pieces)
         self.pieces.extend((names[i], names[min(i + size, len(names)) - 1]) for i in range(0, len(names), size))
@@ -355,9 +358,12 @@ class Writer:
         except Exception:  # the rows stay readable where they are; the next fold takes them
             log.exception("folding the recent events of channels %s..%s failed", low, high)
             self.pieces.clear()
-            self.channels.update(row[0] for row in db.execute("SELECT DISTINCT channel FROM recent_events"))
+            self.channels.update(self._waiting_channels())
         if not self.pieces:
             self._recount()
+
+    def _waiting_channels(self) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT DISTINCT channel FROM recent_events")}
 
     def _recount(self) -> None:
         """What is left: rows that came during the fold, none deleted behind the count's back."""

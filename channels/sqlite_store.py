@@ -120,15 +120,14 @@ SQL_READ_AFTER = """
     UNION ALL SELECT id, type, data FROM recent_events WHERE channel = ?1 AND id > ?2
     ORDER BY id LIMIT ?3
 """
-SQL_LAST_ID = """
-    SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM events WHERE channel = ?1),
-               (SELECT COALESCE(MAX(id), 0) FROM recent_events WHERE channel = ?1))
-"""
-SQL_CHANNEL = """
+# The last event id of channel ?1 (0 for none).
+_LAST_ID = """MAX((SELECT COALESCE(MAX(id), 0) FROM events WHERE channel = ?1),
+               (SELECT COALESCE(MAX(id), 0) FROM recent_events WHERE channel = ?1))"""
+SQL_LAST_ID = f"SELECT {_LAST_ID}"
+SQL_CHANNEL = f"""
     SELECT c.id, c.user_id, c.conversation_id, c.model, c.status, c.created_at, c.finished_at, c.usage,
-           MAX((SELECT COALESCE(MAX(e.id), 0) FROM events e WHERE e.channel = c.id),
-               (SELECT COALESCE(MAX(r.id), 0) FROM recent_events r WHERE r.channel = c.id))
-    FROM channels c WHERE c.id = ?
+           {_LAST_ID}
+    FROM channels c WHERE c.id = ?1
 """
 SQL_CHANNEL_STATUS = "SELECT status FROM channels WHERE id = ?"
 

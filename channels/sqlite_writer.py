@@ -276,7 +276,6 @@ class Writer:
         for number, script in enumerate(migrations[version:], start=version + 1):
             db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
             log.info("database migrated to schema version %d", number)
-        self.pieces.clear()
         self.channels = self._waiting_channels()
         (self.recent,) = db.execute("SELECT COUNT(*) FROM recent_events").fetchone()
         if self.recent:  # what the previous writer left

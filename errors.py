@@ -12,6 +12,8 @@ import orjson
 from sanic import HTTPResponse, Request, Sanic
 from sanic.exceptions import SanicException
 
+from channels.store import StoreUnavailable
+
 log = logging.getLogger("chime.errors")
 
 
@@ -46,6 +48,13 @@ class InvalidSubscription(ApiError):
     code = "invalid_subscription"
 
 
+class CrossOrigin(ApiError):
+    status_code = 403
+    code = "cross_origin"
+    message = ("Requests that change state must come from this server's own pages "
+               "(or an origin in CHIME_ALLOWED_ORIGINS).")
+
+
 class Unauthenticated(ApiError):
     status_code = 401
     code = "unauthenticated"
@@ -68,6 +77,12 @@ class AlreadyFinished(ApiError):
     status_code = 409
     code = "already_finished"
     message = "The answer has already finished."
+
+
+class RequestTimeout(ApiError):
+    status_code = 408
+    code = "request_timeout"
+    message = "The request did not arrive in time; send it again."
 
 
 class TooLarge(ApiError):
@@ -96,13 +111,18 @@ class Unavailable(ApiError):
     code = "unavailable"
     message = "The server is shutting down; try again in a moment."
 
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 1):
+        super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after_s)))})
+
 
 # Sanic's own exceptions, by status, mapped onto the catalog's codes.
 _SANIC_CODES = {
     400: ("bad_request", "The request could not be understood."),
     401: Unauthenticated,
+    403: CrossOrigin,
     404: NotFound,
     405: MethodNotAllowed,
+    408: RequestTimeout,
     413: TooLarge,
     415: UnsupportedMediaType,
     429: RateLimited,
@@ -119,8 +139,16 @@ def json_error(status: int, code: str, message: str, headers: dict[str, str] | N
                         content_type="application/json")
 
 
+def domain_error(exc: Exception) -> ApiError | None:
+    """The API error a domain exception from below the routes stands for (None: not one)."""
+    if isinstance(exc, StoreUnavailable):
+        return Unavailable("Storage is unavailable for a moment; try again.", retry_after_s=exc.retry_after_s)
+    return None
+
+
 def render_error(request: Request, exc: Exception) -> HTTPResponse:
     """The one handler: every exception becomes the API's JSON error body."""
+    exc = domain_error(exc) or exc
     if isinstance(exc, ApiError):
         return json_error(exc.status_code, exc.code, exc.message, dict(exc.headers or {}))
     if isinstance(exc, SanicException):

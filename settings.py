@@ -45,9 +45,18 @@ class Settings:
     max_body_bytes: int = 1_048_576
     shutdown_grace_s: float = 5.0
 
-    # Per-user limits.
+    # Limits: per user, per client address, and for the whole service.
     max_running_per_user: int = 4
     submissions_per_minute: int = 30
+    max_running: int = 256
+    new_users_per_minute: int = 20
+
+    # Public deployment: other sites, proxies, hostile clients, endless answers.
+    allowed_origins: tuple[str, ...] = ()
+    proxies_count: int = 0
+    request_timeout_s: float = 30.0
+    max_answer_chars: int = 200_000
+    max_answer_s: float = 900.0
 
     # Web Push.
     push_allow_private: bool = False
@@ -97,12 +106,14 @@ class Settings:
                 raise SettingsError(f"{_var(spec.name)} must be a finite number")
         positive = ("port", "keepalive_s", "sse_retry_ms", "max_body_bytes",
                     "history_budget_chars", "model_stall_s", "model_connect_timeout_s",
-                    "max_running_per_user", "submissions_per_minute", "push_ttl_s", "push_timeout_s")
+                    "max_running_per_user", "submissions_per_minute", "push_ttl_s", "push_timeout_s",
+                    "max_running", "new_users_per_minute", "request_timeout_s", "max_answer_chars",
+                    "max_answer_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_var(name)} must be greater than 0")
         for name in ("demo_delay_ms", "shutdown_grace_s", "model_retries", "model_retry_base_s",
-                     "push_retries", "push_retry_base_s"):
+                     "push_retries", "push_retry_base_s", "proxies_count"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_var(name)} must not be negative")
         if not 0 < self.port < 65_536:
@@ -128,6 +139,20 @@ def _str(raw: str) -> str:
     return raw
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    """Comma-separated origins, each ``scheme://host[:port]`` as a browser sends it in ``Origin``."""
+    origins = []
+    for item in raw.split(","):
+        origin = item.strip().rstrip("/").lower()
+        if not origin:
+            continue
+        scheme, sep, rest = origin.partition("://")
+        if not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+            raise ValueError(f"{item.strip()!r} is not an origin like https://chat.example.com")
+        origins.append(origin)
+    return tuple(origins)
+
+
 _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "host": ("CHIME_HOST", _str),
     "port": ("CHIME_PORT", int),
@@ -150,6 +175,13 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "shutdown_grace_s": ("CHIME_SHUTDOWN_GRACE_S", float),
     "max_running_per_user": ("CHIME_MAX_RUNNING_PER_USER", int),
     "submissions_per_minute": ("CHIME_SUBMISSIONS_PER_MINUTE", int),
+    "max_running": ("CHIME_MAX_RUNNING", int),
+    "new_users_per_minute": ("CHIME_NEW_USERS_PER_MINUTE", int),
+    "allowed_origins": ("CHIME_ALLOWED_ORIGINS", _origins),
+    "proxies_count": ("CHIME_PROXIES_COUNT", int),
+    "request_timeout_s": ("CHIME_REQUEST_TIMEOUT_S", float),
+    "max_answer_chars": ("CHIME_MAX_ANSWER_CHARS", int),
+    "max_answer_s": ("CHIME_MAX_ANSWER_S", float),
     "push_allow_private": ("CHIME_PUSH_ALLOW_PRIVATE", _bool),
     "vapid_subject": ("CHIME_VAPID_SUBJECT", _str),
     "push_ttl_s": ("CHIME_PUSH_TTL_S", int),

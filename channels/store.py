@@ -40,6 +40,14 @@ class UnknownChannel(Exception):
     """No channel with that id exists."""
 
 
+class StoreUnavailable(Exception):
+    """The store cannot serve this call now (locked, restarting, too slow); try again shortly."""
+
+    def __init__(self, message: str = "the store is unavailable", retry_after_s: int = 2):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 def utc_now() -> str:
     """An ISO 8601 UTC timestamp with milliseconds, e.g. ``2026-01-02T03:04:05.678Z``."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -81,6 +89,23 @@ class MessageRecord:
 
 
 @dataclass(frozen=True)
+class NewAnswer:
+    """Everything one submission creates, written by ``Store.create_answer`` in one transaction.
+
+    ``new_user`` is ``(user_id, token_hash)`` when the submission makes its user;
+    ``new_title`` is set when it starts the conversation ``conversation_id``.
+    """
+
+    channel_id: str
+    user_id: str
+    conversation_id: str
+    model: str
+    message: str
+    new_user: tuple[str, str] | None = None
+    new_title: str | None = None
+
+
+@dataclass(frozen=True)
 class PushSubscription:
     user_id: str
     endpoint: str
@@ -119,6 +144,11 @@ class Store(Protocol):
     # Channels and events
     async def create_channel(self, channel_id: str, user_id: str, conversation_id: str, model: str) -> Event:
         """Create a running channel and append its ``meta`` event (id 1)."""
+        ...
+    async def create_answer(self, answer: NewAnswer) -> Event:
+        """All of a submission in one transaction: the user and conversation when new, the
+        running channel with its ``meta`` event (id 1), and the turn. Nothing of it exists
+        if this raises; returns the ``meta`` event."""
         ...
     async def get_channel(self, channel_id: str) -> ChannelRecord | None: ...
     async def append(self, channel_id: str, type: str, data: dict[str, Any], *, wait: bool = True) -> Event: ...

@@ -10,8 +10,9 @@ import logging
 
 import orjson
 from sanic import HTTPResponse, Request, Sanic
-from sanic.exceptions import SanicException
+from sanic.exceptions import BadRequest, SanicException, URITooLong
 
+import redaction
 from channels.store import StoreUnavailable
 
 log = logging.getLogger("chime.errors")
@@ -166,5 +167,29 @@ def render_error(request: Request, exc: Exception) -> HTTPResponse:
     return json_error(500, "internal_error", "Something went wrong on the server.")
 
 
+class ErrorRenderingRequest(Request):
+    """Sanic's request, able to stand in for a request line it could not parse.
+
+    To answer a request whose URL it refuses (a NUL byte, ``http://[::1``) Sanic
+    builds a stand-in request (method ``NONE``) from that same URL, which fails
+    again: the client got no answer and the log a traceback quoting the URL,
+    query string and token included. The stand-in gets ``/`` instead, so the
+    refusal is rendered as the API's 400 like any other error.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, url_bytes: bytes, *args, **kwargs):
+        try:
+            super().__init__(url_bytes, *args, **kwargs)
+        except (BadRequest, URITooLong):
+            if kwargs.get("method") != "NONE":
+                raise
+            super().__init__(b"/", *args, **kwargs)
+
+
 def install(app: Sanic) -> None:
+    """The one handler for every error, a request class that can render any of them, and a log without secrets."""
+    app.request_class = ErrorRenderingRequest
     app.error_handler.add(Exception, render_error)
+    redaction.install()

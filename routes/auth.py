@@ -15,11 +15,19 @@ COOKIE_MAX_AGE_S = 400 * 24 * 3600
 # Sent with a 401 for an unknown cookie: page scripts cannot clear an HttpOnly
 # cookie, so without this a browser whose user is gone would stay locked out.
 EXPIRED_COOKIE = f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
+# Issued tokens have 43 characters; anything much longer is not worth hashing.
+MAX_TOKEN_CHARS = 256
 
 
 def new_id() -> str:
     """An opaque, URL-safe id with 128 random bits."""
     return secrets.token_urlsafe(16)
+
+
+def is_token_text(token: str) -> bool:
+    """Issued tokens are short URL-safe ASCII; header bytes that are not UTF-8 arrive as
+    lone surrogates, which cannot even be hashed, so such a value is simply not a token."""
+    return len(token) <= MAX_TOKEN_CHARS and token.isascii() and token.isprintable()
 
 
 def hash_token(token: str) -> str:
@@ -82,6 +90,9 @@ class Users:
         return user_id, token
 
     async def lookup(self, token: str) -> str | None:
+        """The token's user; None for a token this server never issued (unknown, or not even ASCII)."""
+        if not is_token_text(token):
+            return None
         hashed = hash_token(token)
         user_id = self._cache.get(hashed)
         if user_id is None:

@@ -7,10 +7,16 @@ even a sanitiser bug must not let an inline script or event handler run.
 
 from __future__ import annotations
 
+import mimetypes
+from datetime import timezone
+from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
+from urllib.parse import unquote
 
 from sanic import Blueprint, Request
-from sanic.response import HTTPResponse, file
+from sanic.response import HTTPResponse, empty, file
+
+from errors import NotFound
 
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
 
@@ -35,7 +41,6 @@ PAGE_HEADERS = {
 }
 
 bp = Blueprint("pages")
-bp.static("/static", FRONTEND, name="static")
 
 
 @bp.get("/")
@@ -54,3 +59,51 @@ async def service_worker(request: Request) -> HTTPResponse:
     # Served at the root so its scope is the whole origin (/c/... pages included).
     return await file(FRONTEND / "sw.js", mime_type="text/javascript",
                       headers={**PAGE_HEADERS, "Service-Worker-Allowed": "/"})
+
+
+@bp.route("/static/<name:path>", methods=["GET", "HEAD"], name="static")
+async def static_file(request: Request, name: str) -> HTTPResponse:
+    """A file under ``frontend/``; any other name (a folder, ``..``, a NUL byte, a link out) is 404.
+
+    Served here rather than by ``Blueprint.static``, which answers a folder or a NUL
+    byte with a 500 and logs every refused name as an error.
+    """
+    path = frontend_file(name)
+    if path is None:
+        raise NotFound("No such file.")
+    modified = int(path.stat().st_mtime)
+    headers = {"Last-Modified": formatdate(modified, usegmt=True)}
+    if unchanged_since(request.headers.get("if-modified-since"), modified):
+        return empty(status=304, headers=headers)
+    return await file(path, mime_type=content_type(path), headers=headers)
+
+
+def frontend_file(name: str) -> Path | None:
+    """The regular file ``name`` names inside ``frontend/``, or None."""
+    relative = unquote(name)  # the router leaves %2e%2e and friends encoded
+    if not relative or "\0" in relative or ".." in relative.split("/"):
+        return None
+    try:
+        path = (FRONTEND / relative.lstrip("/")).resolve()
+        inside = path.is_relative_to(FRONTEND) and path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, say
+        return None
+    return path if inside else None
+
+
+def unchanged_since(if_modified_since: str | None, modified: int) -> bool:
+    """Whether the client's copy (``If-Modified-Since``) is current; an unreadable date is not."""
+    if not if_modified_since:
+        return False
+    try:
+        since = parsedate_to_datetime(if_modified_since)
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=timezone.utc)
+        return modified <= since.timestamp()
+    except (TypeError, ValueError, OverflowError):  # year 0, day 31 of February, a +99:00 zone...
+        return False
+
+
+def content_type(path: Path) -> str:
+    guessed = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"{guessed}; charset=utf-8" if guessed.startswith("text/") or guessed.endswith("javascript") else guessed

@@ -30,14 +30,23 @@ def query_value(request: Request, name: str) -> str | None:
     return request.get_args(keep_blank_values=True).get(name)
 
 
+# Past every id a channel could have: SQLite's largest integer. Larger resume points are
+# clamped to it, so they mean "past the end" in every store, and in JSON, without overflow.
+MAX_EVENT_ID = 2**63 - 1
+
+
 def non_negative_int(raw: str | None, name: str) -> int | None:
-    """An event id or count as sent on the wire: digits only, no sign, no blanks."""
+    """An event id as sent on the wire: digits only, no sign, no blanks; huge ones clamp to ``MAX_EVENT_ID``."""
     if raw is None:
         return None
     raw = raw.strip()
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+    if not raw.isascii() or not raw.isdigit():
         raise InvalidParameter(f"{name} must be a non-negative integer.")
-    return int(raw)
+    significant = raw.lstrip("0")
+    # Checked on the digits, before int(): Python refuses to parse more than 4300 of them.
+    if len(significant) > len(str(MAX_EVENT_ID)):
+        return MAX_EVENT_ID
+    return min(int(significant or "0"), MAX_EVENT_ID)
 
 
 def bounded_number(raw: str | None, name: str, low: float, high: float, default: float) -> float:

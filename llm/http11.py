@@ -9,6 +9,12 @@ was the largest share of the server's CPU per token. Here a read takes every
 byte that has arrived and decodes all the complete chunks in it at once, and
 the pool is a list of idle connections per host.
 
+A body can be given a ``deadline`` (event-loop time) by whoever reads it: a
+read still waiting then raises ``ReadTimeout`` however many bytes arrived
+before, so a caller that only counts complete events as progress (the model
+provider) moves it forward on those and a byte-by-byte trickle cannot keep the
+request alive. Chunks are passed on as their bytes arrive, never held whole.
+
 Failures are raised as httpx2's own exceptions (``ConnectError``,
 ``ConnectTimeout``, ``ReadTimeout``, ``WriteTimeout``, ``RemoteProtocolError``)
 so the SDK and the provider classify them exactly as before.
@@ -100,6 +106,8 @@ async def _wait(future: asyncio.Future[None], timeout: float | None, error: type
 MAX_IDLE_PER_HOST = 100
 KEEPALIVE_EXPIRY_S = 5.0
 MAX_HEAD_BYTES = 64 * 1024
+# A chunk-size line (with any extensions) longer than this is not HTTP/1.1.
+MAX_CHUNK_LINE_BYTES = 4 * 1024
 
 
 class _Connection:
@@ -121,13 +129,19 @@ class _Connection:
         return (not self.transport.is_closing() and not protocol.chunks and not protocol.eof
                 and time.monotonic() - self.idle_since < KEEPALIVE_EXPIRY_S)
 
-    async def read(self, timeout: float | None) -> bytes:
-        """Every byte that has arrived (waiting for some); b"" at the end of the stream."""
+    async def read(self, timeout: float | None, deadline: float | None = None) -> bytes:
+        """Every byte that has arrived (waiting for some); b"" at the end of the stream.
+
+        Waiting ends with ``ReadTimeout`` at ``deadline`` (event-loop time) when given,
+        else ``timeout`` seconds from now.
+        """
         protocol = self.protocol
         if not protocol.chunks and not protocol.eof:
             loop = asyncio.get_running_loop()
             protocol.waiter = loop.create_future()
-            if timeout is not None:
+            if deadline is not None:
+                self._arm(loop, deadline)
+            elif timeout is not None:
                 self._arm(loop, loop.time() + timeout)
             try:
                 await protocol.waiter
@@ -159,7 +173,7 @@ class _Connection:
             return
         waiter = self.protocol.waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(httpx2.ReadTimeout("no byte from the model within the read timeout"))
+            waiter.set_exception(httpx2.ReadTimeout("nothing from the model within the read timeout"))
 
     async def write(self, data: bytes, timeout: float | None) -> None:
         if self.transport.is_closing():
@@ -197,7 +211,12 @@ class _Connection:
 
 
 class _Body(httpx2.AsyncByteStream):
-    """The response body: Content-Length, chunked, or up to the close of the connection."""
+    """The response body: Content-Length, chunked, or up to the close of the connection.
+
+    ``deadline`` (event-loop time), when set, replaces the per-read timeout: a read
+    waiting past it raises ``ReadTimeout``. The reader may move it at any time; the
+    connection's one watchdog timer follows it without a timer per read.
+    """
 
     def __init__(self, owner: "LeanTransport", connection: _Connection, headers: list[tuple[bytes, bytes]],
                  bodyless: bool, timeout: float | None):
@@ -212,6 +231,7 @@ class _Body(httpx2.AsyncByteStream):
             self.chunked or self.remaining is not None)
         self.complete = self.remaining == 0 and not self.chunked
         self.closed = False
+        self.deadline: float | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self.chunked:
@@ -238,7 +258,7 @@ class _Body(httpx2.AsyncByteStream):
                     yield data
                 if self.complete:
                     return
-                data = await self.connection.read(self.timeout)
+                data = await self.connection.read(self.timeout, self.deadline)
                 if not data:
                     if self.remaining is None:
                         self.complete = True  # the body ran to the close of the connection
@@ -247,7 +267,7 @@ class _Body(httpx2.AsyncByteStream):
                                                      "message body")
 
     async def _more(self) -> bytes:
-        data = await self.connection.read(self.timeout)
+        data = await self.connection.read(self.timeout, self.deadline)
         if not data:
             raise httpx2.RemoteProtocolError("peer closed connection without sending complete message body "
                                              "(incomplete chunked read)")
@@ -264,33 +284,58 @@ class _Body(httpx2.AsyncByteStream):
 
 
 class _ChunkDecoder:
-    """Transfer-Encoding: chunked, any number of chunks per feed."""
+    """Transfer-Encoding: chunked, any number of chunks per feed.
+
+    A chunk's data is passed on as it arrives, so a huge chunk is never held
+    whole: what stays behind between feeds is at most a chunk-size line.
+    """
 
     def __init__(self) -> None:
         self.pending = b""
+        self.left = 0  # bytes of the current chunk's data still to come
+        self.crlf = False  # the current chunk's data ended; its CRLF is next
         self.done = False
 
     def feed(self, data: bytes) -> bytes:
+        if self.done:
+            return b""
         buffer = self.pending + data if self.pending else data
+        size = len(buffer)
         out: list[bytes] = []
         position = 0
         while True:
+            if self.left:
+                end = min(size, position + self.left)
+                out.append(buffer[position:end] if position or end < size else buffer)
+                self.left -= end - position
+                position = end
+                if self.left:
+                    break
+                self.crlf = True
+            if self.crlf:
+                if size - position < 2:
+                    break
+                if buffer[position:position + 2] != b"\r\n":
+                    raise httpx2.RemoteProtocolError("a chunk of the model's response did not end with CRLF")
+                position += 2
+                self.crlf = False
             line_end = buffer.find(b"\r\n", position)
             if line_end < 0:
+                if size - position > MAX_CHUNK_LINE_BYTES:
+                    raise httpx2.RemoteProtocolError("malformed chunk size in the model's response")
                 break
             size_text = buffer[position:line_end].split(b";", 1)[0].strip()
             try:
-                size = int(size_text, 16)
+                chunk_size = int(size_text, 16)
             except ValueError:
                 raise httpx2.RemoteProtocolError("malformed chunk size in the model's response") from None
-            if size == 0:
+            if chunk_size < 0:
+                raise httpx2.RemoteProtocolError("malformed chunk size in the model's response")
+            if chunk_size == 0:
                 self.done = True  # trailers, if any, are ignored
                 return b"".join(out)
-            start, end = line_end + 2, line_end + 2 + size
-            if len(buffer) < end + 2:
-                break
-            out.append(buffer[start:end])
-            position = end + 2
+            self.left = chunk_size
+            position = line_end + 2
         self.pending = buffer[position:]
         return b"".join(out) if len(out) != 1 else out[0]
 

@@ -8,8 +8,17 @@ raw (``with_streaming_response``) and each ``data:`` line is parsed with
 Failures before the first token (429, 5xx, timeouts, refused or dropped
 connections) are retried with a bounded, jittered backoff that honours
 ``Retry-After``; the SDK's own retries are off so the two never multiply.
-401/403/404 fail at once. Every failure reaches the caller as a ``ModelError``
-whose message a person can act on and never carries the API key.
+401/403/404 fail at once.
+
+``CHIME_MODEL_STALL_S`` bounds the wait for each complete ``data:`` event that
+carries something (comments, partial lines and empty deltas do not count),
+counted from the previous one or from the start of the answer, across retries:
+connecting, waiting for the response and backing off all spend the same
+budget. A line or an event over ``MAX_LINE_BYTES`` ends the answer with
+``model_error`` as soon as it passes that size.
+
+Every failure reaches the caller as a ``ModelError`` whose message a person
+can act on and never carries the API key.
 """
 
 from __future__ import annotations
@@ -17,8 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -45,6 +53,9 @@ MAX_UPSTREAM_MESSAGE_CHARS = 300
 WRITE_TIMEOUT_S = 30.0
 
 DONE_SENTINEL = b"[DONE]"
+# A line from the model longer than this, or one event's data, ends the answer:
+# nothing the model legitimately sends is this long, and it is never buffered further.
+MAX_LINE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -72,7 +83,8 @@ class OpenAIProvider:
             api_key=settings.openai_api_key or PLACEHOLDER_API_KEY,
             base_url=settings.openai_base_url,
             max_retries=0,  # our own bounded retries below; the SDK's would multiply them
-            # The read timeout is the stall limit: no byte for that long ends the answer.
+            # The stall limit itself is a deadline kept by ``stream``; this read timeout only
+            # backs it up for bodies the lean transport does not read.
             timeout=httpx2.Timeout(connect=settings.model_connect_timeout_s, read=settings.model_stall_s,
                                    write=WRITE_TIMEOUT_S, pool=settings.model_connect_timeout_s),
             http_client=http_client or openai.DefaultAsyncHttpxClient(transport=LeanTransport()),
@@ -85,13 +97,17 @@ class OpenAIProvider:
         """Stream the answer; retry only while nothing has been yielded.
 
         Closing this iterator (or cancelling its consumer) closes the HTTP
-        response, which closes the upstream connection.
+        response, which closes the upstream connection. Retries happen only
+        within the stall budget of the answer's start: a retry that could not
+        begin before it runs out is not made.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stall_s  # nothing has arrived yet: every attempt shares this
         attempt = 0
         while True:
             produced = False
             try:
-                async for chunk in self._stream_once(messages):
+                async for chunk in self._stream_once(messages, deadline):
                     produced = True
                     yield chunk
                 return
@@ -104,7 +120,7 @@ class OpenAIProvider:
             if not failure.error.retryable or attempt >= self.retries:
                 raise self._final(failure.error)
             delay_s = self._backoff_s(attempt, failure.retry_after_s)
-            if delay_s is None:
+            if delay_s is None or loop.time() + delay_s >= deadline:
                 raise self._final(failure.error)
             attempt += 1
             log.warning("model attempt %d failed (%s); retrying in %.2fs", attempt, failure.error.code, delay_s)
@@ -112,25 +128,42 @@ class OpenAIProvider:
 
     # ---- one request -----------------------------------------------------
 
-    async def _stream_once(self, messages: list[dict[str, str]]) -> AsyncIterator[Chunk]:
-        async with self._request(messages) as response:
-            last_progress = time.monotonic()
+    async def _stream_once(self, messages: list[dict[str, str]], deadline: float) -> AsyncIterator[Chunk]:
+        """One request. ``deadline`` (event-loop time) ends it with ``model_stalled`` unless a
+        complete event carrying something arrives first; each one moves it ``stall_s`` on."""
+        loop = asyncio.get_running_loop()
+        async with AsyncExitStack() as request:
+            scope = asyncio.timeout_at(deadline)  # connecting, sending, the response head: one timer
+            try:
+                async with scope:
+                    response = await request.enter_async_context(self._request(messages))
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                raise self._stalled() from None
+            lean, pieces = _body_bytes(response.http_response)
+            if lean is not None:
+                lean.deadline = deadline  # the transport's watchdog ends a read waiting past it
+            stall_s = self.stall_s
             finished = False
             parser = SSEParser()
-            async for piece in _body_bytes(response.http_response):
+            async for piece in pieces:
+                progressed = False
                 for payload in parser.feed(piece):
                     if payload == DONE_SENTINEL:
                         return
                     chunk = self._chunk(payload) if payload else None
                     if chunk is None:
-                        # Comments and empty deltas are not progress: a server that only
-                        # sends keepalives is as stalled as one that sends nothing.
-                        if time.monotonic() - last_progress > self.stall_s:
-                            raise _stalled()
-                        continue
+                        continue  # comments and empty deltas are not progress
                     finished = finished or chunk.finish_reason is not None
-                    last_progress = time.monotonic()
+                    progressed = True
                     yield chunk
+                if progressed:
+                    deadline = loop.time() + stall_s
+                    if lean is not None:
+                        lean.deadline = deadline
+                elif loop.time() >= deadline:
+                    raise self._stalled()  # bytes keep coming, none of them a complete event
             for payload in parser.end():
                 if payload == DONE_SENTINEL:
                     return
@@ -190,7 +223,7 @@ class OpenAIProvider:
             if isinstance(cause, (httpx2.ConnectTimeout, httpx2.PoolTimeout)):
                 return _Attempt(ModelError("model_unreachable", "The model did not accept a connection in "
                                            "time.", retryable=True))
-            return _Attempt(_stalled())
+            return _Attempt(self._stalled())
         if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
             return _Attempt(ModelError("model_unreachable", "Could not reach the model: the connection "
                                        "failed or broke off.", retryable=True))
@@ -227,6 +260,10 @@ class OpenAIProvider:
         text = text.strip()[:MAX_UPSTREAM_MESSAGE_CHARS]
         return text.replace(self._secret, "***") if self._secret else text
 
+    def _stalled(self) -> ModelError:
+        return ModelError("model_stalled", f"The model sent nothing of the answer for {self.stall_s:g} s "
+                          "(CHIME_MODEL_STALL_S), so Chime stopped waiting.", retryable=True)
+
     def _final(self, error: ModelError) -> ModelError:
         """The error as the channel will show it: no longer retryable, key-free."""
         message = error.message.replace(self._secret, "***") if self._secret else error.message
@@ -249,10 +286,6 @@ def _mid_answer(error: ModelError) -> ModelError:
     return error
 
 
-def _stalled() -> ModelError:
-    return ModelError("model_stalled", "The model stopped sending the answer.", retryable=True)
-
-
 def _usage(raw: object) -> dict[str, int] | None:
     if not isinstance(raw, dict):
         return None
@@ -273,19 +306,35 @@ class SSEParser:
     """Server-sent events, fed in pieces: the ``data`` of each complete event, multi-line data joined.
 
     Comment lines give ``b""`` so the caller can notice a stream of keepalives.
+    A line, or one event's data, over ``MAX_LINE_BYTES`` raises ``model_error``
+    as soon as it passes that size, so the parser never holds much more.
     A plain class, not an async generator: a token's bytes are parsed without
     another generator to resume and suspend.
     """
 
-    __slots__ = ("buffer", "data")
+    __slots__ = ("parts", "held", "data", "data_bytes")
 
     def __init__(self) -> None:
-        self.buffer = b""
+        self.parts: list[bytes] = []  # the unfinished last line, kept in pieces: no copy per piece
+        self.held = 0
         self.data: list[bytes] = []
+        self.data_bytes = 0  # counted only once an event has a second data line
 
     def feed(self, piece: bytes) -> list[bytes]:
-        buffer = self.buffer + piece if self.buffer else piece
-        *lines, self.buffer = buffer.split(b"\n")
+        if b"\n" not in piece:
+            if piece:
+                self._hold(piece)
+            return []
+        if self.parts:
+            self.parts.append(piece)
+            piece = b"".join(self.parts)
+            self.parts.clear()
+            self.held = 0
+        *lines, rest = piece.split(b"\n")
+        if rest:
+            self._hold(rest)
+        if len(piece) > MAX_LINE_BYTES and any(len(line.removesuffix(b"\r")) > MAX_LINE_BYTES for line in lines):
+            raise _too_long()
         out: list[bytes] = []
         data = self.data
         for line in lines:
@@ -293,7 +342,10 @@ class SSEParser:
                 line = line[:-1]
             if line.startswith(b"data:"):
                 value = line[5:]
-                data.append(value[1:] if value.startswith(b" ") else value)
+                value = value[1:] if value.startswith(b" ") else value
+                if data:
+                    self._count(data, value)
+                data.append(value)
             elif not line:
                 if data:
                     out.append(data[0] if len(data) == 1 else b"\n".join(data))
@@ -304,12 +356,32 @@ class SSEParser:
 
     def end(self) -> list[bytes]:
         """What an unterminated last event holds when the body ends."""
-        if self.buffer.startswith(b"data:"):
-            self.data.append(self.buffer[5:].lstrip(b" "))
-        self.buffer = b""
+        last = b"".join(self.parts)
+        self.parts.clear()
+        self.held = 0
+        if last.startswith(b"data:"):
+            self.data.append(last[5:].lstrip(b" "))
         out = [b"\n".join(self.data)] if self.data else []
         self.data.clear()
         return out
+
+    def _hold(self, part: bytes) -> None:
+        self.held += len(part)
+        if self.held > MAX_LINE_BYTES and (self.held > MAX_LINE_BYTES + 1 or not part.endswith(b"\r")):
+            raise _too_long()  # (one byte over may be the CR that ends the line)
+        self.parts.append(part)
+
+    def _count(self, data: list[bytes], value: bytes) -> None:
+        if len(data) == 1:
+            self.data_bytes = len(data[0])
+        self.data_bytes += len(value)
+        if self.data_bytes > MAX_LINE_BYTES:
+            raise _too_long()
+
+
+def _too_long() -> ModelError:
+    return ModelError("model_error", f"The model sent a line or event longer than {MAX_LINE_BYTES // 1024} KiB; "
+                      "Chime stopped reading the answer.")
 
 
 async def _sse_data(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -322,11 +394,14 @@ async def _sse_data(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield data
 
 
-def _body_bytes(response: httpx2.Response) -> AsyncIterator[bytes]:
-    """The decoded body. Uncompressed from ``LeanTransport``, its own stream is read directly:
+def _body_bytes(response: httpx2.Response) -> tuple[LeanBody | None, AsyncIterator[bytes]]:
+    """The lean transport's body (to give it a deadline), when it carries this response, and the
+    decoded body. Uncompressed from ``LeanTransport``, its own stream is read directly:
     httpx's wrapping generators (decode, chunk, count, time) cost a resume each per token."""
     stream = getattr(response.stream, "_stream", None)  # httpx2 wraps the transport's stream once
+    if not isinstance(stream, LeanBody):
+        return None, response.aiter_bytes()
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if isinstance(stream, LeanBody) and encoding in ("", "identity"):
-        return stream.__aiter__()
-    return response.aiter_bytes()
+    if encoding in ("", "identity"):
+        return stream, stream.__aiter__()
+    return stream, response.aiter_bytes()

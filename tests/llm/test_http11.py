@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import AsyncIterator, Awaitable, Callable
 
 import httpx2
 import pytest
 
-from llm.http11 import LeanTransport, _ChunkDecoder
+from llm.http11 import LeanBody, LeanTransport, _ChunkDecoder
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -77,6 +78,22 @@ def test_the_chunk_decoder_gives_the_body_however_the_bytes_are_split() -> None:
             body += decoder.feed(wire[position:position + step])
             position += step
         assert decoder.done and body == b"".join(pieces)
+
+
+def test_a_huge_chunk_is_passed_on_as_it_arrives_not_held_whole() -> None:
+    piece = b"x" * 65536
+    decoder = _ChunkDecoder()
+    assert decoder.feed(b"%x\r\n" % (64 * len(piece))) == b""
+    for _ in range(64):
+        assert decoder.feed(piece) == piece
+        assert len(decoder.pending) < 16
+    assert decoder.feed(b"\r\n3\r\nend\r\n0\r\n\r\n") == b"end" and decoder.done
+
+
+@pytest.mark.parametrize("wire", [b"zz\r\n", b"5\r\nhelloXX", b"-5\r\n", b"1" * 5000])
+def test_a_malformed_chunk_is_a_protocol_error(wire: bytes) -> None:
+    with pytest.raises(httpx2.RemoteProtocolError):
+        _ChunkDecoder().feed(wire)
 
 
 async def test_a_streamed_chunked_answer_arrives_whole_and_the_connection_is_reused(serve) -> None:
@@ -164,3 +181,55 @@ async def test_a_refused_connection_is_a_connect_error(serve) -> None:
     async with client() as http:
         with pytest.raises(httpx2.ConnectError):
             await http.get(url)
+
+
+async def test_a_body_deadline_ends_a_read_however_many_bytes_trickle_in(serve) -> None:
+    sent: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(200):  # a byte every 20 ms for up to 4 s, each well within the read timeout
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+            sent.append(b"x")
+            await asyncio.sleep(0.02)
+
+    server = await serve(handler)
+    async with client(timeout=1.0) as http:
+        async with http.stream("GET", server.url) as response:
+            body = response.stream._stream  # type: ignore[attr-defined]
+            assert isinstance(body, LeanBody)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            body.deadline = started + 0.3
+            received = 0
+            with pytest.raises(httpx2.ReadTimeout):
+                async for piece in body:
+                    received += len(piece)
+                    if received >= 5:
+                        body.deadline = started + 0.5  # moved on: the watchdog follows it
+            elapsed_s = loop.time() - started
+    assert 0.5 <= elapsed_s < 1.0 and received >= 10
+
+
+async def test_a_read_waiting_past_a_deadline_already_gone_fails_at_once(serve) -> None:
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        await release.wait()
+
+    server = await serve(handler)
+    try:
+        async with client(timeout=5.0) as http:
+            async with http.stream("GET", server.url) as response:
+                body = response.stream._stream  # type: ignore[attr-defined]
+                body.deadline = asyncio.get_running_loop().time() - 1
+                started = time.monotonic()
+                with pytest.raises(httpx2.ReadTimeout):
+                    await asyncio.wait_for(response.aread(), 3)
+                assert time.monotonic() - started < 0.5
+    finally:
+        release.set()

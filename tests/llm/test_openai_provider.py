@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
 from typing import AsyncIterator, Iterator
@@ -12,7 +13,7 @@ import httpx2
 import pytest
 
 from llm.base import Chunk, ModelError
-from llm.openai_provider import OpenAIProvider, _retry_after_s, _sse_data
+from llm.openai_provider import MAX_LINE_BYTES, OpenAIProvider, SSEParser, _retry_after_s, _sse_data
 from settings import Settings
 from tests.support.openai_upstream import OpenAIUpstream, Reply
 from tests.support.waiting import async_wait_until
@@ -20,6 +21,9 @@ from tests.support.waiting import async_wait_until
 KEY = "sk-unit-test-key-abcdef0123456789"
 MODEL = "unit-model"
 RETRIES = 2
+STALL_S = 0.5
+# How much later than the stall limit a stalled answer may end on a busy machine.
+SLACK_S = 0.6
 
 
 @pytest.fixture
@@ -30,7 +34,7 @@ def upstream() -> Iterator[OpenAIUpstream]:
 
 def provider_for(upstream: OpenAIUpstream, **overrides: object) -> OpenAIProvider:
     values: dict[str, object] = dict(openai_base_url=upstream.url, openai_api_key=KEY, model=MODEL,
-                                     model_retries=RETRIES, model_retry_base_s=0.01, model_stall_s=0.5,
+                                     model_retries=RETRIES, model_retry_base_s=0.01, model_stall_s=STALL_S,
                                      model_connect_timeout_s=2.0)
     values.update(overrides)
     return OpenAIProvider(Settings(**values))  # type: ignore[arg-type]
@@ -71,7 +75,7 @@ async def test_a_server_without_a_key_gets_a_placeholder_bearer(upstream: OpenAI
 
 
 @pytest.mark.parametrize("first", [Reply.error(429, retry_after="0"), Reply.error(500), Reply.error(502),
-                                   Reply.text("lost", drop_after=0), Reply.text("slow", stall_after=0)])
+                                   Reply.text("lost", drop_after=0)])
 async def test_failures_before_the_first_token_are_retried(upstream: OpenAIUpstream, first: Reply) -> None:
     upstream.when("again", first, Reply.text("recovered"))
     chunks, error = await collect(provider_for(upstream), "again")
@@ -81,7 +85,6 @@ async def test_failures_before_the_first_token_are_retried(upstream: OpenAIUpstr
 
 @pytest.mark.parametrize("reply, code", [(Reply.error(500), "model_error"),
                                          (Reply.error(429, retry_after="0"), "rate_limited"),
-                                         (Reply.text("slow", stall_after=0), "model_stalled"),
                                          (Reply.text("lost", drop_after=0), "model_unreachable")])
 async def test_retries_are_bounded(upstream: OpenAIUpstream, reply: Reply, code: str) -> None:
     upstream.when("always", reply)
@@ -139,6 +142,86 @@ async def test_keepalive_comments_do_not_hide_a_stall(upstream: OpenAIUpstream) 
     upstream.when("chatty", Reply.text("a b c", stall_after=1, keepalive_s=0.05))
     chunks, error = await collect(provider_for(upstream), "chatty")
     assert text(chunks) == "a " and error is not None and error.code == "model_stalled"
+
+
+# ---- slow or silent models: CHIME_MODEL_STALL_S bounds the wait for a complete event ----
+
+
+async def timed_collect(provider: OpenAIProvider, message: str) -> tuple[list[Chunk], ModelError | None, float]:
+    """``collect`` with how long it took; a stream that does not end fails the test within 5 s."""
+    started = time.monotonic()
+    chunks, error = await asyncio.wait_for(collect(provider, message), 5)
+    return chunks, error, time.monotonic() - started
+
+
+@pytest.mark.parametrize("tokens_first", [0, 1])
+async def test_an_unfinished_line_trickling_in_ends_with_model_stalled(upstream: OpenAIUpstream,
+                                                                       tokens_first: int) -> None:
+    upstream.when("trickle", Reply.text("a b c", stall_after=tokens_first, trickle_s=0.05))
+    chunks, error, elapsed_s = await timed_collect(provider_for(upstream), "trickle")
+    assert error is not None and error.code == "model_stalled", error
+    assert "CHIME_MODEL_STALL_S" in error.message
+    assert text(chunks) == "a " * tokens_first
+    [request] = upstream.requests  # the stall spent the budget: no retry
+    assert request.trickled_bytes >= 5  # bytes did arrive during the wait
+    assert STALL_S <= elapsed_s < STALL_S + SLACK_S
+
+
+async def test_keepalive_comments_alone_end_with_model_stalled_without_retries(upstream: OpenAIUpstream) -> None:
+    upstream.when("comments", Reply.text("a b", stall_after=0, keepalive_s=0.05))
+    chunks, error, elapsed_s = await timed_collect(provider_for(upstream), "comments")
+    assert error is not None and error.code == "model_stalled" and not chunks
+    assert len(upstream.requests) == 1
+    assert STALL_S <= elapsed_s < STALL_S + SLACK_S
+
+
+@pytest.mark.parametrize("reply", [Reply(silent=True), Reply.text("slow", stall_after=0)], ids=["no-head", "no-event"])
+async def test_a_hanging_model_ends_within_the_stall_limit_whatever_the_retries(upstream: OpenAIUpstream,
+                                                                               reply: Reply) -> None:
+    upstream.when("hang", reply)
+    _, error, elapsed_s = await timed_collect(provider_for(upstream, model_retries=5), "hang")
+    assert error is not None and error.code == "model_stalled"
+    assert len(upstream.requests) == 1
+    assert STALL_S <= elapsed_s < STALL_S + SLACK_S
+
+
+async def test_retries_are_made_only_within_the_stall_budget(upstream: OpenAIUpstream) -> None:
+    upstream.when("later", Reply.error(429, retry_after="1"), Reply.text("too late"))
+    _, error, elapsed_s = await timed_collect(provider_for(upstream), "later")
+    assert error is not None and error.code == "rate_limited"  # the real cause, not a wait for nothing
+    assert len(upstream.requests) == 1 and elapsed_s < STALL_S
+
+
+async def test_a_slow_but_steady_model_is_not_stalled(upstream: OpenAIUpstream) -> None:
+    # Each token comes well within the limit, the whole answer takes several times it.
+    upstream.when("steady", Reply(tokens=["t "] * 6, token_delay_s=STALL_S * 0.4))
+    chunks, error, elapsed_s = await timed_collect(provider_for(upstream), "steady")
+    assert error is None and text(chunks) == "t " * 6
+    assert elapsed_s > 2 * STALL_S
+
+
+async def test_a_line_over_one_mebibyte_is_model_error_without_holding_it(upstream: OpenAIUpstream) -> None:
+    upstream.when("giant", Reply.giant_line(40 * 1024 * 1024, after=1))
+    tracemalloc.start()
+    try:
+        chunks, error, elapsed_s = await timed_collect(provider_for(upstream), "giant")
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert error is not None and error.code == "model_error" and "line" in error.message
+    assert text(chunks) == "one "
+    assert peak_bytes < 8 * MAX_LINE_BYTES, f"{peak_bytes / 2**20:.1f} MiB held"
+    request = await async_wait_until(lambda: upstream.requests[0].disconnected_at and upstream.requests[0],
+                                     5, "the upstream to see the disconnect")
+    assert len(upstream.requests) == 1 and not request.completed
+    assert request.giant_bytes_sent < 40 * 1024 * 1024
+
+
+async def test_a_giant_line_before_the_first_token_is_not_retried(upstream: OpenAIUpstream) -> None:
+    upstream.when("giant-first", Reply.giant_line(3 * MAX_LINE_BYTES, after=0))
+    chunks, error, _ = await timed_collect(provider_for(upstream), "giant-first")
+    assert error is not None and error.code == "model_error" and "line" in error.message and not chunks
+    assert len(upstream.requests) == 1
 
 
 async def test_an_error_inside_the_stream_is_reported(upstream: OpenAIUpstream) -> None:
@@ -201,6 +284,47 @@ async def pieces(*parts: bytes) -> AsyncIterator[bytes]:
 async def test_sse_data_handles_split_lines_crlf_comments_and_multi_line_data() -> None:
     body = pieces(b"data: {\"a\"", b":1}\r\n\r\n: keep", b"alive\n\ndata: one\ndata:two\n\nevent: x\ndata: [DONE]")
     assert [d async for d in _sse_data(body)] == [b'{"a":1}', b"", b"one\ntwo", b"[DONE]"]
+
+
+PIECE_BYTES = 64 * 1024
+
+
+def test_the_parser_refuses_an_unfinished_line_once_it_passes_one_mebibyte() -> None:
+    parser = SSEParser()
+    fed = len(b"data: ")
+    parser.feed(b"data: ")
+    with pytest.raises(ModelError) as refused:
+        while fed < 40 * MAX_LINE_BYTES:
+            fed += PIECE_BYTES
+            parser.feed(b"x" * PIECE_BYTES)
+            assert parser.held <= MAX_LINE_BYTES
+    assert refused.value.code == "model_error" and not refused.value.retryable
+    assert MAX_LINE_BYTES < fed <= MAX_LINE_BYTES + PIECE_BYTES
+
+
+@pytest.mark.parametrize("body", [
+    b"data: " + b"x" * MAX_LINE_BYTES + b"\n\n",  # a whole line in one piece
+    b"".join(b"data: " + b"y" * 1000 + b"\n" for _ in range(1100)) + b"\n",  # one event of many lines
+    b": " + b"z" * MAX_LINE_BYTES + b"\n",  # a comment is a line too
+], ids=["line", "event", "comment"])
+def test_the_parser_refuses_a_line_or_event_over_one_mebibyte(body: bytes) -> None:
+    with pytest.raises(ModelError) as refused:
+        SSEParser().feed(body)
+    assert refused.value.code == "model_error"
+
+
+def test_the_parser_takes_a_line_of_one_mebibyte_in_pieces_and_not_a_byte_more() -> None:
+    line = b"data: " + b"x" * (MAX_LINE_BYTES - 6)
+    parser = SSEParser()
+    for start in range(0, len(line), PIECE_BYTES):
+        assert parser.feed(line[start:start + PIECE_BYTES]) == []
+    assert parser.feed(b"\r") == []
+    assert parser.feed(b"\n\n") == [line[6:]]
+    assert parser.held == 0
+    with pytest.raises(ModelError):
+        parser.feed(line + b"x")
+    with pytest.raises(ModelError):
+        SSEParser().feed(line + b"x\r\n")
 
 
 def test_retry_after_reads_seconds_milliseconds_and_dates() -> None:

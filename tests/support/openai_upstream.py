@@ -7,8 +7,9 @@ chunked transfer encoding — so it sees exactly what a real model server sees,
 including the moment a client closes its connection.
 
 Replies are scripted with ``Reply``: tokens and pacing, error statuses with
-headers, a connection dropped after K tokens, a stall, an error inside the
-stream. Requests are routed by the text of their last user message
+headers, a connection dropped after K tokens, a stall (silent, with keepalive
+comments, or trickling an unfinished line byte by byte), a request never
+answered, a giant line, an error inside the stream. Requests are routed by the text of their last user message
 (``when("boom", Reply.error(500))``), so concurrent channels can be scripted
 independently; the rest get ``default``. Every request is recorded
 (``requests``) with its JSON body and monotonic timestamps.
@@ -49,7 +50,12 @@ class Reply:
     ``status`` other than 200 answers an OpenAI-style JSON error instead of a stream.
     ``drop_after``: close the connection abruptly after that many tokens (no ``[DONE]``).
     ``stall_after``: send that many tokens, then nothing (optionally ``: keepalive``
-    comments every ``keepalive_s``) until the client leaves.
+    comments every ``keepalive_s``, or an event's line one byte every ``trickle_s``
+    that never ends) until the client leaves.
+    ``silent``: read the request, then send nothing at all (not even the status line).
+    ``giant_line_after``: send that many tokens, then a ``data:`` line of
+    ``giant_line_bytes`` (in one HTTP chunk, written piece by piece so the upstream
+    never holds it whole), then finish normally if the client is still there.
     ``error_after``: send that many tokens, then an ``{"error": ...}`` event and ``[DONE]``.
     """
 
@@ -63,6 +69,10 @@ class Reply:
     drop_after: int | None = None
     stall_after: int | None = None
     keepalive_s: float | None = None
+    trickle_s: float | None = None
+    silent: bool = False
+    giant_line_after: int | None = None
+    giant_line_bytes: int = 0
     error_after: int | None = None
 
     @classmethod
@@ -74,6 +84,11 @@ class Reply:
     @classmethod
     def text(cls, text: str, **options: Any) -> "Reply":
         return cls(tokens=_TOKEN.findall(text), **options)
+
+    @classmethod
+    def giant_line(cls, size_bytes: int, after: int = 0, text: str = "one two three") -> "Reply":
+        """``after`` tokens of ``text``, then one ``data:`` line of ``size_bytes``."""
+        return cls(tokens=_TOKEN.findall(text), giant_line_after=after, giant_line_bytes=size_bytes)
 
 
 @dataclass
@@ -91,6 +106,8 @@ class RecordedRequest:
     dropped: bool = False
     disconnected_at: float | None = None
     last_token_at: float | None = None
+    trickled_bytes: int = 0
+    giant_bytes_sent: int = 0
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -255,11 +272,13 @@ class OpenAIUpstream:
             f"Echo: {record.last_user_message}")
         chunk = _ChunkMaker(str(body.get("model", DEFAULT_MODEL)),
                             bool((body.get("stream_options") or {}).get("include_usage")))
+        if reply.silent:
+            await _stall(writer, None)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
                      b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
         await _send_event(writer, chunk.delta({"role": "assistant", "content": ""}))
         for index, token in enumerate(tokens):
-            if index in (reply.drop_after, reply.stall_after, reply.error_after):
+            if index in (reply.drop_after, reply.stall_after, reply.error_after, reply.giant_line_after):
                 break
             if reply.token_delay_s:
                 await asyncio.sleep(reply.token_delay_s)
@@ -271,7 +290,11 @@ class OpenAIUpstream:
             writer.transport.abort()  # mid-body, no terminating chunk: a dropped connection
             raise ConnectionResetError("dropped on purpose")
         if reply.stall_after is not None and record.tokens_sent == reply.stall_after:
+            if reply.trickle_s:
+                await _trickle(writer, record, chunk.delta({"content": "never finished"}), reply.trickle_s)
             await _stall(writer, reply.keepalive_s)
+        if reply.giant_line_after is not None and record.tokens_sent == reply.giant_line_after:
+            await _send_giant_line(writer, record, reply.giant_line_bytes)
         if reply.error_after is not None and record.tokens_sent == reply.error_after:
             await _send_event(writer, json.dumps(_error_body("The server had an error while processing "
                                                              "your request.", "server_error")).encode())
@@ -341,6 +364,37 @@ async def _stall(writer: asyncio.StreamWriter, keepalive_s: float | None) -> Non
             comment = b": keepalive\n\n"
             writer.write(b"%x\r\n%s\r\n" % (len(comment), comment))
             await writer.drain()
+
+
+async def _trickle(writer: asyncio.StreamWriter, record: RecordedRequest, event: bytes,
+                   interval_s: float) -> None:
+    """The start of an event one byte at a time (each its own HTTP chunk), never its end."""
+    line = b"data: " + event
+    deadline = time.monotonic() + MAX_STALL_S
+    while time.monotonic() < deadline:
+        byte = line[record.trickled_bytes % len(line):][:1]
+        writer.write(b"1\r\n%s\r\n" % byte)
+        await writer.drain()
+        record.trickled_bytes += 1
+        await asyncio.sleep(interval_s)
+
+
+GIANT_PIECE_BYTES = 64 * 1024
+
+
+async def _send_giant_line(writer: asyncio.StreamWriter, record: RecordedRequest, size_bytes: int) -> None:
+    """``data: xxxx…`` of ``size_bytes`` and its blank line, as one HTTP chunk written in pieces."""
+    frame_bytes = size_bytes + 2
+    writer.write(b"%x\r\ndata: " % frame_bytes)
+    record.giant_bytes_sent = 6
+    piece = b"x" * GIANT_PIECE_BYTES
+    while record.giant_bytes_sent < size_bytes:
+        part = piece[:size_bytes - record.giant_bytes_sent]
+        writer.write(part)
+        await writer.drain()
+        record.giant_bytes_sent += len(part)
+    writer.write(b"\n\n\r\n")
+    await writer.drain()
 
 
 async def _send_json(writer: asyncio.StreamWriter, status: int, body: dict[str, Any],

@@ -22,6 +22,20 @@ log = logging.getLogger("chime.generation")
 
 SHUTDOWN_REASON = "server_shutdown"
 RESTART_REASON = "server_restart"
+# A terminal event that could not be appended (a locked database, a restarted writer) is
+# tried again with these delays, doubling, for about a minute in all: an answer must end.
+TERMINAL_RETRY_FIRST_S = 0.05
+TERMINAL_RETRY_MAX_S = 5.0
+TERMINAL_RETRY_TOTAL_S = 60.0
+
+
+class AnswerLimit(Exception):
+    """The answer passed a limit of the server's; it ends with ``error`` ``code``."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -39,10 +53,13 @@ CompletionHook = Callable[[Completion], Awaitable[None] | None]
 
 
 class Generations:
-    def __init__(self, store: Store, provider: Provider, presence: Presence):
+    def __init__(self, store: Store, provider: Provider, presence: Presence, *,
+                 max_answer_chars: int | None = None, max_answer_s: float | None = None):
         self.store = store
         self.provider = provider
         self.presence = presence
+        self.max_answer_chars = max_answer_chars
+        self.max_answer_s = max_answer_s
         self.completion_hooks: list[CompletionHook] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._owners: dict[str, str] = {}
@@ -124,28 +141,21 @@ class Generations:
     # ---- the work --------------------------------------------------------
 
     async def _run(self, channel: str, user_id: str, messages: list[dict[str, str]]) -> None:
-        finish_reason = "stop"
         try:
-            stream = self.provider.stream(messages)
-            try:
-                async for chunk in stream:
-                    # Queued, not awaited: a token still reaches no reader before its commit,
-                    # but the next one need not wait for it (finish() waits for them all).
-                    if chunk.content:
-                        await self.store.append(channel, DELTA, {"content": chunk.content}, wait=False)
-                    if chunk.usage is not None:
-                        await self.store.append(channel, USAGE, chunk.usage, wait=False)
-                    if chunk.finish_reason:
-                        finish_reason = chunk.finish_reason
-            finally:
-                await _close_quietly(stream)
+            async with asyncio.timeout(self.max_answer_s):
+                finish_reason = await self._stream(channel, messages)
         except asyncio.CancelledError:
             if self._stop_reasons.get(channel) == INTERRUPTED:
                 await self.finish(channel, user_id, INTERRUPTED, {"reason": SHUTDOWN_REASON})
             else:
                 await self.finish(channel, user_id, CANCELLED, {})
             return
-        except ModelError as exc:
+        except TimeoutError:
+            await self.finish(channel, user_id, ERROR, {
+                "code": "answer_timeout", "message": f"The answer took longer than the server's limit of "
+                f"{self.max_answer_s:g} s (CHIME_MAX_ANSWER_S); what arrived until then is kept."})
+            return
+        except (ModelError, AnswerLimit) as exc:
             await self.finish(channel, user_id, ERROR, {"code": exc.code, "message": exc.message})
             return
         except (ChannelClosed, UnknownChannel):
@@ -157,15 +167,44 @@ class Generations:
             return
         await self.finish(channel, user_id, DONE, {"finish_reason": finish_reason})
 
-    async def finish(self, channel: str, user_id: str, status: str, data: dict[str, Any]) -> bool:
-        """Append the terminal event and run the completion hooks; False if already finished."""
-        watched = self.presence.watched(channel)  # decided before any reader is sent the event
+    async def _stream(self, channel: str, messages: list[dict[str, str]]) -> str:
+        """The model's stream into the channel; its finish reason. Raises ``AnswerLimit`` past
+        ``max_answer_chars``, after appending the answer up to exactly that many characters."""
+        finish_reason = "stop"
+        room = self.max_answer_chars
+        stream = self.provider.stream(messages)
         try:
-            await self.store.append(channel, status, data)
-        except (ChannelClosed, UnknownChannel):
-            return False
-        except Exception:
-            log.exception("could not append the %s event of %s", status, channel)
+            async for chunk in stream:
+                # Queued, not awaited: a token still reaches no reader before its commit,
+                # but the next one need not wait for it (finish() waits for them all).
+                content = chunk.content
+                if content:
+                    if room is not None:
+                        if len(content) > room:
+                            if room:
+                                await self.store.append(channel, DELTA, {"content": content[:room]}, wait=False)
+                            raise AnswerLimit("answer_too_long", f"The answer passed the server's limit of "
+                                              f"{self.max_answer_chars} characters (CHIME_MAX_ANSWER_CHARS); "
+                                              "what arrived up to it is kept.")
+                        room -= len(content)
+                    await self.store.append(channel, DELTA, {"content": content}, wait=False)
+                if chunk.usage is not None:
+                    await self.store.append(channel, USAGE, chunk.usage, wait=False)
+                if chunk.finish_reason:
+                    finish_reason = chunk.finish_reason
+        finally:
+            await _close_quietly(stream)
+        return finish_reason
+
+    async def finish(self, channel: str, user_id: str, status: str, data: dict[str, Any]) -> bool:
+        """Append the terminal event and run the completion hooks; False if already finished.
+
+        A failed append is tried again (its outcome may be unknown: a writer that died
+        after its commit); when a retry finds the channel closed by this very event, the
+        ending still counts, so push and metrics follow it.
+        """
+        watched = self.presence.watched(channel)  # decided before any reader is sent the event
+        if not await self._append_terminal(channel, status, data):
             return False
         self.presence.forget(channel)
         completion = Completion(channel, user_id, status, data, watched)
@@ -177,6 +216,31 @@ class Generations:
             except Exception:
                 log.exception("completion hook failed for %s", channel)
         return True
+
+    async def _append_terminal(self, channel: str, status: str, data: dict[str, Any]) -> bool:
+        delay_s = TERMINAL_RETRY_FIRST_S
+        deadline = asyncio.get_running_loop().time() + TERMINAL_RETRY_TOTAL_S
+        failed = False
+        while True:
+            try:
+                await self.store.append(channel, status, data)
+                return True
+            except UnknownChannel:
+                return False
+            except ChannelClosed:
+                if not failed:
+                    return False
+                record = await self.store.get_channel(channel)  # did the failed try commit after all?
+                return record is not None and record.status == status
+            except Exception:
+                failed = True
+                if asyncio.get_running_loop().time() + delay_s > deadline:
+                    log.exception("could not append the %s event of %s; giving up", status, channel)
+                    return False
+                log.warning("could not append the %s event of %s; trying again in %.2fs", status, channel,
+                            delay_s, exc_info=True)
+                await asyncio.sleep(delay_s)
+                delay_s = min(TERMINAL_RETRY_MAX_S, delay_s * 2)
 
 
 async def _close_quietly(stream: Any) -> None:

@@ -1,10 +1,14 @@
-"""Per-user limits: answers running at once, and submissions per minute.
+"""Limits: answers running at once (per user and in all), submissions per minute, new users per address.
 
 ``admit`` checks and reserves in one synchronous step, so concurrent
-submissions of one user cannot all pass the check before any of them starts:
-the reservation counts as a running answer until the ``with`` block ends, by
-which time the generation is running (and counted by ``running_for``) or the
-submission failed.
+submissions cannot all pass the check before any of them starts: the
+reservation counts as a running answer until the ``with`` block ends, by
+which time the generation is running (and counted by ``running_for`` and
+``running_total``) or the submission failed.
+
+Every table here is keyed by something a client chooses (a user, an
+address), so each is swept of entries older than its window once a window:
+a flood of one-off identities leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -22,14 +26,64 @@ WINDOW_S = 60.0
 RUNNING_RETRY_AFTER_S = 1
 
 
+class Window:
+    """Events per key in a sliding minute; keys with no event in the last minute are dropped."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float]):
+        self.per_minute = per_minute
+        self.clock = clock
+        self._recent: dict[str, deque[float]] = {}
+        self._next_sweep = clock() + WINDOW_S
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def wait_s(self, key: str) -> int:
+        """0 when ``key`` may act now, else the whole seconds until it may."""
+        self._sweep()
+        recent = self._trimmed(key)
+        if len(recent) < self.per_minute:
+            return 0
+        return max(1, math.ceil(recent[0] + WINDOW_S - self.clock()))
+
+    def record(self, key: str) -> None:
+        self._recent.setdefault(key, deque()).append(self.clock())
+
+    def _trimmed(self, key: str) -> deque[float]:
+        recent = self._recent.get(key)
+        if recent is None:
+            return deque()
+        horizon = self.clock() - WINDOW_S
+        while recent and recent[0] <= horizon:
+            recent.popleft()
+        if not recent:
+            del self._recent[key]
+        return recent
+
+    def _sweep(self) -> None:
+        """Once a window, drop every key whose last event left it (O(keys), once a minute)."""
+        now = self.clock()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + WINDOW_S
+        horizon = now - WINDOW_S
+        for key in [key for key, recent in self._recent.items() if not recent or recent[-1] <= horizon]:
+            del self._recent[key]
+
+
 class Limits:
     def __init__(self, max_running: int, per_minute: int, running_for: Callable[[str], int],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, *, max_running_total: int | None = None,
+                 running_total: Callable[[], int] = lambda: 0, new_users_per_minute: int | None = None):
         self.max_running = max_running
         self.per_minute = per_minute
         self.running_for = running_for
+        self.max_running_total = max_running_total
+        self.running_total = running_total
+        self.new_users_per_minute = new_users_per_minute
         self.clock = clock
-        self._recent: dict[str, deque[float]] = {}
+        self._submissions = Window(per_minute, clock)
+        self._new_users = Window(new_users_per_minute or 1, clock)
         self._starting: dict[str, int] = {}
 
     @contextmanager
@@ -53,21 +107,30 @@ class Limits:
         if self.running_for(user_id) + self._starting.get(user_id, 0) >= self.max_running:
             raise RateLimited(f"You already have {self.max_running} answers running: "
                               "wait for one to finish or cancel it.", retry_after_s=RUNNING_RETRY_AFTER_S)
-        recent = self._window(user_id)
-        if not recent:
-            self._recent.pop(user_id, None)  # keep the table to recently active users
-        elif len(recent) >= self.per_minute:
-            wait_s = math.ceil(recent[0] + WINDOW_S - self.clock())
+        if (self.max_running_total is not None
+                and self.running_total() + sum(self._starting.values()) >= self.max_running_total):
+            raise RateLimited("The server is answering as many questions as it can: try again in a moment.",
+                              retry_after_s=RUNNING_RETRY_AFTER_S)
+        wait_s = self._submissions.wait_s(user_id)
+        if wait_s:
             raise RateLimited(f"At most {self.per_minute} questions a minute: "
-                              f"try again in {max(1, wait_s)} s.", retry_after_s=wait_s)
+                              f"try again in {wait_s} s.", retry_after_s=wait_s)
 
     def record(self, user_id: str) -> None:
         """Count a submission in the user's one-minute window."""
-        self._recent.setdefault(user_id, deque()).append(self.clock())
+        self._submissions.record(user_id)
 
-    def _window(self, user_id: str) -> deque[float]:
-        recent = self._recent.get(user_id, deque())
-        horizon = self.clock() - WINDOW_S
-        while recent and recent[0] <= horizon:
-            recent.popleft()
-        return recent
+    def admit_new_user(self, address: str) -> None:
+        """Count a new identity made for ``address``; 429 (Retry-After at most 60) past the limit."""
+        if self.new_users_per_minute is None:
+            return
+        wait_s = self._new_users.wait_s(address)
+        if wait_s:
+            raise RateLimited(f"At most {self.new_users_per_minute} new users a minute from one address: "
+                              f"try again in {wait_s} s.", retry_after_s=min(wait_s, int(WINDOW_S)))
+        self._new_users.record(address)
+
+    @property
+    def tracked(self) -> int:
+        """Keys held in the one-minute windows (for tests and metrics)."""
+        return len(self._submissions) + len(self._new_users)

@@ -46,5 +46,6 @@ async def presence(request: Request, channel_id: str) -> HTTPResponse:
     if not isinstance(visible, bool):
         raise InvalidJson("visible must be true or false.")
     record = await owned_channel(request, channel_id, user_id)
-    request.app.ctx.presence.report(record.id, visible)
+    if record.running:  # a finished channel's report would be kept for nothing, forever
+        request.app.ctx.presence.report(record.id, visible)
     return empty(status=204)

@@ -57,11 +57,11 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
 
 
 class World:
-    def __init__(self, store: SQLiteStore, provider: ScriptedProvider):
+    def __init__(self, store: SQLiteStore, provider: Any, **limits: Any):
         self.store = store
         self.provider = provider
         self.presence = Presence()
-        self.generations = Generations(store, provider, self.presence)
+        self.generations = Generations(store, provider, self.presence, **limits)
         self.completions: list[Completion] = []
         self.generations.completion_hooks.append(self.completions.append)
         self.conversation = ""
@@ -203,3 +203,88 @@ async def test_running_answers_are_counted_per_user(store: SQLiteStore) -> None:
     assert world.generations.running_for(USER) == 1
     await world.generations.shutdown(0)
     assert world.generations.running == 0
+
+
+class EndlessProvider:
+    """A model that never stops: ``piece`` after ``piece``, yielding to the loop between them."""
+
+    name = "endless"
+
+    def __init__(self, piece: str):
+        self.piece = piece
+        self.closed = 0
+
+    async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[Chunk]:
+        try:
+            while True:
+                yield Chunk(self.piece)
+                await asyncio.sleep(0)
+        finally:
+            self.closed += 1
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_an_endless_answer_ends_at_the_character_limit_keeping_exactly_that_much(
+        store: SQLiteStore) -> None:
+    world = World(store, EndlessProvider("abcdefg"), max_answer_chars=1000)
+    channel = await world.run()
+    kind, data = (await world.finished(channel))[-1]
+    assert kind == "error" and data["code"] == "answer_too_long" and "CHIME_MAX_ANSWER_CHARS" in data["message"]
+    content, status = await world.answer()
+    assert content == ("abcdefg" * 143)[:1000] and status == "error"
+    assert world.provider.closed == 1
+    assert [c.data["code"] for c in world.completions] == ["answer_too_long"]
+
+
+async def test_an_answer_past_its_time_limit_ends_with_answer_timeout_keeping_what_arrived(
+        store: SQLiteStore) -> None:
+    world = World(store, ScriptedProvider(TOKENS[:1], hold=asyncio.Event()), max_answer_s=0.3)
+    channel = await world.run()
+    started = time.monotonic()
+    kind, data = (await world.finished(channel))[-1]
+    assert kind == "error" and data["code"] == "answer_timeout" and "CHIME_MAX_ANSWER_S" in data["message"]
+    assert 0.3 <= time.monotonic() - started < 3
+    assert await world.answer() == ("Hello", "error")
+    assert world.provider.closed == 1
+
+
+class FlakyTerminalStore:
+    """The store, but the first ``failures`` terminal appends fail (a locked database)."""
+
+    def __init__(self, store: SQLiteStore, failures: int, *, commit_first: bool = False):
+        self._store = store
+        self.failures = failures
+        self.commit_first = commit_first  # the failed try committed anyway (the writer died after COMMIT)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def append(self, channel: str, type: str, data: dict[str, Any], *, wait: bool = True) -> Any:
+        if type in ("done", "error", "cancelled", "interrupted") and self.failures:
+            self.failures -= 1
+            if self.commit_first:
+                await self._store.append(channel, type, data, wait=wait)
+            raise OSError("database is locked")
+        return await self._store.append(channel, type, data, wait=wait)
+
+
+async def test_a_failed_terminal_append_is_retried_until_the_answer_ends(store: SQLiteStore) -> None:
+    world = World(FlakyTerminalStore(store, failures=3), ScriptedProvider(TOKENS))
+    channel = await world.run()
+    await async_wait_until(lambda: world.completions, 10, "the answer to end")
+    events = [(e.type, e.data) for e in await store.read_after(channel, 1)]
+    assert events[-1] == ("done", {"finish_reason": "length"})
+    assert [kind for kind, _ in events].count("done") == 1
+    assert [c.status for c in world.completions] == ["done"]
+
+
+async def test_a_terminal_append_that_committed_despite_failing_still_completes_once(
+        store: SQLiteStore) -> None:
+    world = World(FlakyTerminalStore(store, failures=1, commit_first=True), ScriptedProvider(TOKENS))
+    channel = await world.run()
+    await async_wait_until(lambda: world.completions, 10, "the answer to end")
+    events = [e.type for e in await store.read_after(channel, 1)]
+    assert events.count("done") == 1 and events[-1] == "done"
+    assert [c.status for c in world.completions] == ["done"]

@@ -81,7 +81,7 @@ def test_a_refused_admission_reserves_nothing() -> None:
         with pytest.raises(RateLimited):
             with limits.admit("alice"):
                 pass
-    assert len(limits._recent["alice"]) == 1
+    assert len(limits._submissions._recent["alice"]) == 1
     with limits.admit("alice"):
         pass
 
@@ -101,4 +101,49 @@ def test_quiet_users_leave_the_table() -> None:
         pass
     clock.now += 61
     limits.check("alice")
-    assert "alice" not in limits._recent
+    assert "alice" not in limits._submissions._recent
+
+
+def test_users_who_never_come_back_are_swept_once_a_minute() -> None:
+    limits, _, clock = make(per_minute=100)
+    for n in range(500):
+        with limits.admit(f"one-off-{n}"):
+            pass
+    assert limits.tracked == 500
+    clock.now += 61
+    limits.check("someone-else")
+    assert limits.tracked == 0
+
+
+def test_the_whole_service_has_a_cap_on_running_answers() -> None:
+    running_total = {"n": 0}
+    limits = Limits(10, 100, lambda user: 0, Clock(), max_running_total=2,
+                    running_total=lambda: running_total["n"])
+    with limits.admit("alice"):
+        with limits.admit("bob"):
+            with pytest.raises(RateLimited) as refused:
+                with limits.admit("carol"):
+                    pass
+    assert "as many questions as it can" in refused.value.message
+    assert retry_after(refused) == 1
+    running_total["n"] = 2
+    with pytest.raises(RateLimited):
+        limits.check("dave")
+    running_total["n"] = 1
+    limits.check("dave")
+
+
+def test_new_users_are_limited_per_address_and_retry_after_is_at_most_a_minute() -> None:
+    clock = Clock()
+    limits = Limits(4, 30, lambda user: 0, clock, new_users_per_minute=3)
+    for _ in range(3):
+        limits.admit_new_user("203.0.113.7")
+    with pytest.raises(RateLimited) as refused:
+        limits.admit_new_user("203.0.113.7")
+    assert 1 <= retry_after(refused) <= 60
+    limits.admit_new_user("198.51.100.1")  # another address is not held back
+    clock.now += 61
+    limits.admit_new_user("203.0.113.7")
+    clock.now += 61
+    limits.admit_new_user("198.51.100.2")
+    assert limits.tracked == 1  # the quiet addresses were swept

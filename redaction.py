@@ -26,8 +26,6 @@ _SECRETS = re.compile(
     re.IGNORECASE,
 )
 
-# Attributes every LogRecord has; any other string attribute was passed as ``extra``.
-_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 _TRACEBACKS = logging.Formatter()
 
 
@@ -41,7 +39,11 @@ def _keep_the_name(match: re.Match[str]) -> str:
 
 
 def redact_record(record: logging.LogRecord) -> logging.LogRecord:
-    """The record with its message, traceback, stack and ``extra`` strings redacted."""
+    """The record with its message, traceback and stack redacted.
+
+    ``extra`` fields are set on a record after the factory made it, so they are
+    not covered: Sanic's access log, which puts the URL there, stays off (app.py).
+    """
     try:
         message = record.getMessage()
     except Exception:  # a caller's bad format arguments: logging reports those itself
@@ -54,9 +56,6 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
         record.exc_text = redact(_TRACEBACKS.formatException(record.exc_info))
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
-    for name, value in list(vars(record).items()):
-        if name not in _STANDARD_ATTRIBUTES and isinstance(value, str):
-            setattr(record, name, redact(value))
     return record
 
 

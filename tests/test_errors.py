@@ -8,6 +8,7 @@ import orjson
 import pytest
 from sanic import Sanic
 from sanic.exceptions import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, SanicException
+from sanic.compat import Header
 
 import errors
 
@@ -70,3 +71,23 @@ def test_an_unexpected_exception_is_a_500_without_internals(app: Sanic) -> None:
     assert response.status == 500
     assert response.json == {"error": {"code": "internal_error", "message": "Something went wrong on the server."}}
     assert "secret" not in response.text and "Traceback" not in response.text
+
+
+def request_for(app: Sanic, url: bytes, method: str) -> errors.ErrorRenderingRequest:
+    return app.request_class(url_bytes=url, headers=Header({}), version="1.1", method=method,
+                             transport=None, app=app)
+
+
+def test_a_url_sanic_cannot_parse_is_still_refused_as_a_request(app: Sanic) -> None:
+    assert app.request_class is errors.ErrorRenderingRequest
+    for url in (b"/api/x\x00?access_token=secret", b"http://[::1/api/x"):
+        with pytest.raises(BadRequest):
+            request_for(app, url, "GET")
+
+
+def test_the_stand_in_for_rendering_that_refusal_can_be_built(app: Sanic) -> None:
+    """Sanic answers an unparsable request line through a stand-in request (method NONE) made from
+    the same URL; unless that stand-in can be built, the client gets no answer and the log a traceback."""
+    stand_in = request_for(app, b"/api/x\x00?access_token=secret", "NONE")
+    assert stand_in.path == "/" and stand_in.query_string == ""
+    assert request_for(app, b"/api/conversations?a=1", "NONE").path == "/api/conversations"

@@ -75,3 +75,31 @@ def test_the_bearer_header_wins_over_the_cookie(api: Api, owned: dict[str, str])
 def test_unknown_api_paths_are_json_404(api: Api) -> None:
     for path in ("/api/nope", "/api/channels", "/api/channels/x/y/z"):
         assert_error(api.get(path), 404, "not_found")
+
+
+# Header bytes that are not UTF-8 (Latin-1 from an old client, or garbage) and values no token can have.
+UNDECODABLE = [{"Authorization": b"Bearer \xff\xfe\xfd"}, {"Authorization": b"\xff\xfe"},
+               {"Cookie": b"chime_token=\xff\xfe\xfd"}, {"Cookie": b"chime_token=caf\xe9"},
+               {"Authorization": "Bearer " + "x" * 4000}, {"Authorization": "Bearer tok\x7fen"}]
+
+
+@pytest.mark.parametrize("headers", UNDECODABLE, ids=lambda h: repr(h)[:40])
+def test_undecodable_credentials_are_401(api: Api, owned: dict[str, str], headers: dict) -> None:
+    before = api.counts()
+    for route in (ROUTES[0], ROUTES[4]):  # a plain read, and the stream that also takes access_token
+        assert_error(call(api, route, owned, headers=headers), 401, "unauthenticated")
+    assert api.counts() == before
+
+
+def test_an_undecodable_token_cannot_make_or_submit_as_a_user(api: Api) -> None:
+    before = api.counts()
+    for headers in UNDECODABLE:
+        assert_error(api.post("/api/users", headers=headers), 401, "unauthenticated")
+        assert_error(api.post("/api/chat", headers=headers, json={"message": "hi"}), 401, "unauthenticated")
+    assert api.counts() == before
+
+
+def test_an_undecodable_cookie_is_cleared(api: Api) -> None:
+    response = api.get("/api/conversations", headers={"Cookie": b"chime_token=\xff\xfe"})
+    assert_error(response, 401, "unauthenticated")
+    assert "chime_token=;" in response.headers["set-cookie"] and "Max-Age=0" in response.headers["set-cookie"]

@@ -7,6 +7,9 @@ import pytest
 from tests.routes.conftest import Api, assert_error, cookie, parse_sse
 
 BAD_IDS = ["-1", "abc", "1.5", "", " ", "1e3", "+1", "0x10", "١٢"]
+# Past every id a channel could have, however many digits: "past the end", never malformed.
+HUGE_IDS = ["100000000000000000000", "9223372036854775808", "9" * 5000]
+MAX_EVENT_ID = 2**63 - 1
 
 
 @pytest.fixture
@@ -78,6 +81,23 @@ def test_a_resume_point_at_or_past_the_end_is_204(api: Api, finished) -> None:
     assert parse_sse(last.body) == events[-1:]
 
 
+@pytest.mark.parametrize("huge", HUGE_IDS, ids=len)
+def test_a_huge_resume_point_is_past_the_end_not_malformed(api: Api, finished, huge: str) -> None:
+    token, channel, _ = finished
+    by_header = api.get(f"/api/channels/{channel}/events", token, headers={"Last-Event-ID": huge})
+    by_query = api.get(f"/api/channels/{channel}/events", token, params={"last_event_id": huge})
+    assert (by_header.status, by_header.body) == (by_query.status, by_query.body) == (204, b"")
+
+
+def test_leading_zeros_are_still_the_same_small_resume_point(api: Api, finished) -> None:
+    token, channel, events = finished
+    padded = "0" * 30 + "3"
+    response = api.get(f"/api/channels/{channel}/events", token, headers={"Last-Event-ID": padded})
+    assert parse_sse(response.body) == events[3:]
+    polled = api.get(f"/api/channels/{channel}/events.json", token, params={"after": padded}).json
+    assert polled["events"] == events[3:]
+
+
 def test_sse_takes_the_cookie_and_the_access_token_query(api: Api, finished) -> None:
     token, channel, events = finished
     assert parse_sse(api.get(f"/api/channels/{channel}/events", headers=cookie(token)).body) == events
@@ -109,6 +129,15 @@ def test_polling_past_the_end_returns_nothing_and_finished(api: Api, finished) -
     for after in (len(events), len(events) + 5):
         body = api.get(f"/api/channels/{channel}/events.json?after={after}&wait=30", token).json
         assert body == {"events": [], "last_event_id": after, "finished": True}
+
+
+@pytest.mark.parametrize("huge", HUGE_IDS, ids=len)
+def test_polling_after_a_huge_id_is_an_empty_finished_page(api: Api, finished, huge: str) -> None:
+    token, channel, _ = finished
+    response = api.get(f"/api/channels/{channel}/events.json", token, params={"after": huge, "wait": "30"})
+    assert response.status == 200
+    # Clamped to the largest id a store can hold: still past the end, and a 64-bit JSON integer.
+    assert response.json == {"events": [], "last_event_id": MAX_EVENT_ID, "finished": True}
 
 
 @pytest.mark.parametrize(("name", "bad"), [

@@ -23,6 +23,7 @@ from channels.store import ChannelRecord
 from errors import ApiError, NotFound
 from routes.auth import require_user, set_cookie
 from routes.params import bounded_number, non_negative_int, query_value
+from routes.ws_limits import InboundGuard
 
 log = logging.getLogger("chime.streams")
 
@@ -147,17 +148,30 @@ async def websocket(request: Request, ws, channel_id: str) -> None:
         return
     reader = ctx.presence.attach(channel_id)
     ctx.metrics.inc("chime_stream_readers_total", help="Readers attached to channels.", transport="ws")
+    guard = InboundGuard(ws, _stop_on_violation(ctx, asyncio.current_task()))
     listener = asyncio.get_running_loop().create_task(
-        _listen(ctx, ws, channel_id, reader), name=f"chime-ws-listen-{channel_id}")
+        _listen(ctx, guard, channel_id, reader), name=f"chime-ws-listen-{channel_id}")
     try:
         async for batch in replay_then_live(ctx.store, ctx.hub, channel_id, after, None, ws_direct_write(ws)):
             await send_events(ws, batch)
         await ws.close(code=WS_CLOSE_GOING_AWAY if ctx.hub.shutting_down else WS_CLOSE_NORMAL)
     except (asyncio.CancelledError, WebsocketClosed):
-        pass  # the client went away
+        pass  # the client went away, or was closed with 1008
     finally:
         listener.cancel()
+        guard.release()
         ctx.presence.detach(reader)
+
+
+def _stop_on_violation(ctx, handler: asyncio.Task | None):
+    """The handler stops reading the channel for a client closed with 1008."""
+    def stop(violation: str) -> None:
+        ctx.metrics.inc("chime_ws_policy_closes_total",
+                        help="WebSocket clients closed with 1008 for what they sent.", reason=violation)
+        if handler is not None:
+            handler.cancel()
+
+    return stop
 
 
 async def send_events(ws, events: list[Event]) -> None:
@@ -198,11 +212,11 @@ def ws_direct_write(ws) -> DirectWrite | None:
     return write
 
 
-async def _listen(ctx, ws, channel: str, reader) -> None:
+async def _listen(ctx, guard: InboundGuard, channel: str, reader) -> None:
     """Client frames: ``{"type": "cancel"}`` and ``{"type": "presence", "visible": bool}``."""
     try:
         while True:
-            frame = await ws.recv()
+            frame = await guard.recv()
             if frame is None:
                 return
             try:

@@ -15,6 +15,13 @@ a commit appends to the WAL file without an fsync. The one slow part, the
 checkpoint that copies the WAL into the database and fsyncs, is taken off the
 writer (``wal_autocheckpoint = 0``) and run by a third connection on its own
 thread once enough has been written.
+
+Every call has a deadline: a write the writer cannot start within
+``write_deadline_s`` (a locked database, a backlog, a stuck or restarting
+writer) raises ``StoreUnavailable`` and never lands later; reads wait for a lock
+at most ``BUSY_TIMEOUT_MS``. A dead writer (``WriterGone``) is retried once
+where running the write twice changes nothing; otherwise it stays a
+``StoreUnavailable``, whose outcome ``create_answer`` settles by looking.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,14 +38,24 @@ from typing import Any, Sequence
 import aiosqlite
 import orjson
 
-from channels.events import DELTA, TERMINAL_TYPES, Event
-from channels.sqlite_writer import FOLD_AFTER_S, FOLD_ROWS, PRAGMAS, SQL_DELTAS, WriterProcess
+from channels.events import META, TERMINAL_TYPES, Event
+from channels.sqlite_writer import (
+    FOLD_AFTER_S,
+    FOLD_ROWS,
+    PRAGMAS,
+    SQL_DELTAS,
+    WriterGone,
+    WriterProcess,
+    secure_files,
+    unavailable,
+)
 from channels.store import (
     ChannelClosed,
     ChannelRecord,
     CommitListener,
     ConversationRecord,
     MessageRecord,
+    NewAnswer,
     PushSubscription,
     UnknownChannel,
     utc_now,
@@ -131,6 +150,19 @@ SQL_CHANNEL = f"""
 """
 SQL_CHANNEL_STATUS = "SELECT status FROM channels WHERE id = ?"
 
+SQL_INSERT_USER = "INSERT INTO users (id, token_hash, created_at) VALUES (?, ?, ?)"
+# ``touched`` orders conversations updated within the same millisecond: the latest is first.
+_NEXT_TOUCH = "(SELECT COALESCE(MAX(touched), 0) + 1 FROM conversations)"
+SQL_INSERT_CONVERSATION = ("INSERT INTO conversations (id, user_id, title, created_at, updated_at, touched) "
+                           f"VALUES (?, ?, ?, ?, ?, {_NEXT_TOUCH})")
+SQL_TOUCH_CONVERSATION = f"UPDATE conversations SET updated_at = ?, touched = {_NEXT_TOUCH} WHERE id = ?"
+SQL_INSERT_CHANNEL = ("INSERT INTO channels (id, user_id, conversation_id, model, status, created_at) "
+                      "VALUES (?, ?, ?, ?, 'running', ?)")
+SQL_INSERT_QUESTION = ("INSERT INTO messages (conversation_id, role, content, channel, status, created_at) "
+                       "VALUES (?, 'user', ?, ?, 'done', ?)")
+SQL_INSERT_ANSWER = ("INSERT INTO messages (conversation_id, role, content, channel, status, created_at) "
+                     "VALUES (?, 'assistant', '', ?, 'running', ?)")
+
 # Each commit takes at most this many events, so one huge backlog cannot hold
 # every waiting writer for a single long transaction.
 MAX_BATCH_EVENTS = 4096
@@ -143,33 +175,44 @@ CHECKPOINT_EVERY_EVENTS = 20_000
 # runs while commits go on can never copy the newest frames, so the WAL would never
 # start over and would grow by a page per event for as long as writes continue.
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
+# What one write transaction outside the group commit counts toward the checkpoint, in events:
+# each writes pages of its own (a sign-up, ~13 KiB of WAL) where batched events share theirs.
+# Uncounted, 30,000 sign-ups grew the WAL to 397 MiB with no checkpoint.
+TRANSACTION_COST_EVENTS = 20
+# How long a request's write may wait for the writer to start it; with the writer's lock
+# wait (``BUSY_TIMEOUT_MS``) and ``REPLY_GRACE_S`` a refusal comes within 10 seconds.
+WRITE_DEADLINE_S = 4.0
+# How long ``writable`` reuses its last answer: a flood of health checks costs one probe.
+WRITABLE_CACHE_S = 1.0
 
 
 @dataclass(slots=True)
 class _Pending:
     event: Event
     future: asyncio.Future[None] | None
-    answer: str | None = None  # a terminal event's joined deltas, when the writer saw them all
 
 
 class _ChannelLog:
-    """What the writer knows of a channel it is appending to."""
+    """What the writer knows of a running channel it appends to: two fields, however long the answer.
 
-    __slots__ = ("next_id", "closed", "pieces")
+    The terminal commit joins the answer from the stored deltas in the writer process,
+    so nothing here grows with the answer; the entry goes with the channel's terminal
+    commit, a failed commit, or its deletion.
+    """
 
-    def __init__(self, next_id: int, closed: bool, pieces: list[str] | None = None):
+    __slots__ = ("next_id", "closed")
+
+    def __init__(self, next_id: int, closed: bool = False):
         self.next_id = next_id
         self.closed = closed
-        # Every delta's content so far, when this process appended all of them (None after a
-        # restart): the terminal commit then stores the answer without reading it back on the loop.
-        self.pieces = pieces
 
 
 class SQLiteStore:
     def __init__(self, path: Path | str, *, checkpoint_every_events: int = CHECKPOINT_EVERY_EVENTS,
                  wal_limit_bytes: int = WAL_LIMIT_BYTES, fold_rows: int = FOLD_ROWS,
-                 fold_after_s: float = FOLD_AFTER_S):
+                 fold_after_s: float = FOLD_AFTER_S, write_deadline_s: float = WRITE_DEADLINE_S):
         self.path = Path(path)
+        self.write_deadline_s = write_deadline_s
         self.checkpoint_every_events = checkpoint_every_events
         self.wal_limit_bytes = wal_limit_bytes
         self.fold_rows = fold_rows
@@ -189,6 +232,8 @@ class SQLiteStore:
         self._wake = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._writable: tuple[float, bool] = (0.0, False)  # (until when, the answer)
+        self._probe: asyncio.Task[bool] | None = None
         self.commits = 0
         self.committed_events = 0
 
@@ -196,6 +241,7 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        secure_files(self.path)
         self._writer = WriterProcess(self.path, self.wal_limit_bytes, MIGRATIONS, fold_rows=self.fold_rows,
                                      fold_after_s=self.fold_after_s)
         await self._writer.start()
@@ -211,9 +257,10 @@ class SQLiteStore:
         if self._writer_task is not None:
             await self._writer_task
             self._writer_task = None
-        if self._checkpoint is not None:
-            await asyncio.gather(self._checkpoint, return_exceptions=True)
-            self._checkpoint = None
+        for task in (self._checkpoint, self._probe):
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+        self._checkpoint = self._probe = None
         for db in (self._reader_db, self._checkpointer):
             if db is not None:
                 await db.close()
@@ -238,24 +285,60 @@ class SQLiteStore:
         return self._reader_db
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return list(await self._r.execute_fetchall(sql, params))
+        try:
+            return list(await self._r.execute_fetchall(sql, params))
+        except sqlite3.OperationalError as exc:
+            raise unavailable(exc) from exc
 
     async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = await self._fetchall(sql, params)
         return rows[0] if rows else None
 
-    async def _write(self, *statements: tuple[str, Sequence[Any]]) -> int:
-        return await self._write_transaction(list(statements))
+    async def _write(self, *statements: tuple[str, Sequence[Any]], idempotent: bool = False) -> int:
+        return await self._write_transaction(list(statements), idempotent=idempotent)
 
-    async def _write_transaction(self, statements: list[tuple[str, Sequence[Any]]]) -> int:
-        """Run statements in one transaction; returns the rows the last one changed."""
-        return await self._w.run("statements", statements)
+    async def _write_transaction(self, statements: list[tuple[str, Sequence[Any]]], rows: Sequence[Any] = (),
+                                 *, idempotent: bool = False) -> int:
+        """Run statements in one transaction (then append ``rows``); returns the rows the last
+        statement changed. Only an ``idempotent`` one is sent again after ``WriterGone``."""
+        if self._writes_held is not None:
+            await self._writes_held
+        try:
+            changed = await self._w.run("statements", statements, rows, deadline_s=self.write_deadline_s)
+        except WriterGone:
+            if not idempotent:
+                raise
+            log.warning("the database writer exited during a write; sending it again")
+            changed = await self._w.run("statements", statements, rows, deadline_s=self.write_deadline_s)
+        self._maybe_checkpoint(TRANSACTION_COST_EVENTS + len(rows))
+        return changed
+
+    async def writable(self) -> bool:
+        """Whether a write transaction can start now (nobody else holds the lock, the writer
+        answers in time). One probe at a time, its answer reused for ``WRITABLE_CACHE_S``."""
+        until, answer = self._writable
+        if time.monotonic() < until:
+            return answer
+        if self._probe is None:
+            self._probe = asyncio.get_running_loop().create_task(self._run_probe(), name="chime-store-probe")
+        # Shielded: a caller that hangs up does not cancel the answer the others wait for.
+        return await asyncio.shield(self._probe)
+
+    async def _run_probe(self) -> bool:
+        try:
+            await self._w.run("probe", deadline_s=self.write_deadline_s)
+            answer = True
+        except Exception as exc:
+            log.warning("the database cannot be written: %s", exc)
+            answer = False
+        self._writable = (time.monotonic() + WRITABLE_CACHE_S, answer)
+        self._probe = None
+        return answer
 
     # ---- users -----------------------------------------------------------
 
     async def create_user(self, user_id: str, token_hash: str) -> None:
-        await self._write(("INSERT INTO users (id, token_hash, created_at) VALUES (?, ?, ?)",
-                           (user_id, token_hash, utc_now())))
+        await self._write((SQL_INSERT_USER, (user_id, token_hash, utc_now())))
 
     async def user_for_token_hash(self, token_hash: str) -> str | None:
         row = await self._fetchone("SELECT id FROM users WHERE token_hash = ?", (token_hash,))
@@ -265,9 +348,7 @@ class SQLiteStore:
 
     async def create_conversation(self, conversation_id: str, user_id: str, title: str) -> ConversationRecord:
         now = utc_now()
-        await self._write(("INSERT INTO conversations (id, user_id, title, created_at, updated_at, touched) "
-                           "VALUES (?, ?, ?, ?, ?, (SELECT COALESCE(MAX(touched), 0) + 1 FROM conversations))",
-                           (conversation_id, user_id, title, now, now)))
+        await self._write((SQL_INSERT_CONVERSATION, (conversation_id, user_id, title, now, now)))
         return ConversationRecord(conversation_id, user_id, title, now, now)
 
     async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
@@ -294,24 +375,14 @@ class SQLiteStore:
             ("DELETE FROM conversations WHERE id = ?", (conversation_id,)),
         ]
         await self._flush_channels(set(channels))
-        await self._write_transaction(statements)
-        for channel in channels:
-            log_ = self._logs.get(channel)
-            if log_ is not None:
-                log_.closed = True
+        await self._write_transaction(statements, idempotent=True)
+        for channel in channels:  # an append from now on finds no channel
+            self._logs.pop(channel, None)
+            self._failures.pop(channel, None)
         return channels
 
     async def add_turn(self, conversation_id: str, user_message: str, channel_id: str) -> None:
-        now = utc_now()
-        await self._write(
-            ("INSERT INTO messages (conversation_id, role, content, channel, status, created_at) "
-             "VALUES (?, 'user', ?, ?, 'done', ?)", (conversation_id, user_message, channel_id, now)),
-            ("INSERT INTO messages (conversation_id, role, content, channel, status, created_at) "
-             "VALUES (?, 'assistant', '', ?, 'running', ?)", (conversation_id, channel_id, now)),
-            ("UPDATE conversations SET updated_at = ?, "
-             "touched = (SELECT COALESCE(MAX(touched), 0) + 1 FROM conversations) WHERE id = ?",
-             (now, conversation_id)),
-        )
+        await self._write(*_turn(conversation_id, user_message, channel_id, utc_now()))
 
     async def messages(self, conversation_id: str) -> list[MessageRecord]:
         rows = await self._fetchall("SELECT role, content, channel, status, created_at FROM messages "
@@ -321,12 +392,42 @@ class SQLiteStore:
     # ---- channels --------------------------------------------------------
 
     async def create_channel(self, channel_id: str, user_id: str, conversation_id: str, model: str) -> Event:
-        await self._write(("INSERT INTO channels (id, user_id, conversation_id, model, status, created_at) "
-                           "VALUES (?, ?, ?, ?, 'running', ?)", (channel_id, user_id, conversation_id, model,
-                                                                  utc_now())))
-        self._logs[channel_id] = _ChannelLog(1, False, [])
-        return await self.append(channel_id, "meta", {
-            "channel": channel_id, "conversation_id": conversation_id, "model": model})
+        meta = _meta(channel_id, conversation_id, model)
+        await self._create(channel_id, meta, [(SQL_INSERT_CHANNEL, (channel_id, user_id, conversation_id, model,
+                                                                    utc_now()))])
+        return meta
+
+    async def create_answer(self, answer: NewAnswer) -> Event:
+        now = utc_now()
+        statements: list[tuple[str, Sequence[Any]]] = []
+        if answer.new_user is not None:
+            statements.append((SQL_INSERT_USER, (*answer.new_user, now)))
+        if answer.new_title is not None:
+            statements.append((SQL_INSERT_CONVERSATION, (answer.conversation_id, answer.user_id, answer.new_title,
+                                                         now, now)))
+        statements.append((SQL_INSERT_CHANNEL, (answer.channel_id, answer.user_id, answer.conversation_id,
+                                                answer.model, now)))
+        statements += _turn(answer.conversation_id, answer.message, answer.channel_id, now)
+        meta = _meta(answer.channel_id, answer.conversation_id, answer.model)
+        await self._create(answer.channel_id, meta, statements)
+        return meta
+
+    async def _create(self, channel_id: str, meta: Event, statements: list[tuple[str, Sequence[Any]]]) -> None:
+        """A new channel's rows and its ``meta`` event in one transaction, then told like any commit.
+
+        The meta row rides in the same ordered pipe as the group commits, and nothing can
+        be appended to the channel before this returns, so readers still hear ids in order.
+        """
+        try:
+            await self._write_transaction(statements, [(channel_id, meta.id, meta.type, meta.data_json)])
+        except WriterGone:
+            # The writer died with the transaction: whether it committed is in the database.
+            if await self._fetchone(SQL_CHANNEL_STATUS, (channel_id,)) is None:
+                raise
+        self._logs[channel_id] = _ChannelLog(meta.id + 1)
+        self.commits += 1
+        self.committed_events += 1
+        self._tell([meta])
 
     async def get_channel(self, channel_id: str) -> ChannelRecord | None:
         row = await self._fetchone(SQL_CHANNEL, (channel_id,))
@@ -336,11 +437,11 @@ class SQLiteStore:
         return ChannelRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], usage, row[8])
 
     async def read_after(self, channel_id: str, after: int, limit: int = 1000) -> list[Event]:
-        rows = await self._r.execute_fetchall(SQL_READ_AFTER, (channel_id, after, limit))
+        rows = await self._fetchall(SQL_READ_AFTER, (channel_id, after, limit))
         return [Event(channel_id, id_, type_, data) for id_, type_, data in rows]
 
     async def channel_content(self, channel_id: str) -> str:
-        rows = await self._r.execute_fetchall(SQL_DELTAS, (channel_id,))
+        rows = await self._fetchall(SQL_DELTAS, (channel_id,))
         return "".join(orjson.loads(data)["content"] for _, data in rows)
 
     async def running_channels(self) -> list[str]:
@@ -360,18 +461,14 @@ class SQLiteStore:
             raise ChannelClosed(channel_id)
         event = Event.make(channel_id, log_.next_id, type, data)
         log_.next_id += 1
-        answer = None
-        if type == DELTA and log_.pieces is not None:
-            log_.pieces.append(data["content"])
         if type in TERMINAL_TYPES:
             log_.closed = True
-            answer = "".join(log_.pieces) if log_.pieces is not None else None
         elif not wait and len(self._pending) < MAX_UNAWAITED_BACKLOG:
             self._pending.append(_Pending(event, None))
             self._wake.set()
             return event
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(event, future, answer))
+        self._pending.append(_Pending(event, future))
         self._wake.set()
         await future
         return event
@@ -380,9 +477,11 @@ class SQLiteStore:
         row = await self._fetchone(SQL_CHANNEL_STATUS, (channel_id,))
         if row is None:
             raise UnknownChannel(channel_id)
+        if row[0] != "running":  # kept out of ``_logs``: an ended channel needs no entry there
+            raise ChannelClosed(channel_id)
         (last_id,) = await self._fetchone(SQL_LAST_ID, (channel_id,))
         # Another append may have loaded it while this one waited.
-        return self._logs.setdefault(channel_id, _ChannelLog(last_id + 1, row[0] != "running"))
+        return self._logs.setdefault(channel_id, _ChannelLog(last_id + 1))
 
     async def _flush_channels(self, channels: set[str]) -> None:
         """Wait until every pending event of these channels is committed.
@@ -415,9 +514,8 @@ class SQLiteStore:
 
     async def _commit(self, batch: list[_Pending]) -> None:
         events = [p.event for p in batch]
-        answers = {p.event.channel: p.answer for p in batch if p.answer is not None}
         try:
-            await self._write_events(events, answers)
+            await self._write_events(events)
         except Exception as exc:  # the disk is full, the file is gone: fail the batch, not the server
             log.exception("commit of %d events failed", len(events))
             self._fail(batch, exc)
@@ -425,17 +523,20 @@ class SQLiteStore:
         self.commits += 1
         self.committed_events += len(events)
         self._maybe_checkpoint(len(events))
-        if self.on_commit is not None:
-            try:
-                self.on_commit(events)
-            except Exception:
-                log.exception("on_commit listener failed")
+        self._tell(events)
         for p in batch:
             if p.future and not p.future.done():
                 p.future.set_result(None)
         for event in events:
             if event.terminal:
                 self._logs.pop(event.channel, None)
+
+    def _tell(self, events: list[Event]) -> None:
+        if self.on_commit is not None:
+            try:
+                self.on_commit(events)
+            except Exception:
+                log.exception("on_commit listener failed")
 
     def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
         """A batch did not commit: its channels' queued events go too, so ids keep no gaps."""
@@ -453,8 +554,10 @@ class SQLiteStore:
         for channel in failed - told:  # nobody awaited these: the channel's next append hears it
             self._failures[channel] = exc
 
-    async def _write_events(self, events: list[Event], answers: dict[str, str]) -> None:
-        await self._w.run("events", [(e.channel, e.id, e.type, e.data_json) for e in events], answers)
+    async def _write_events(self, events: list[Event]) -> None:
+        # No deadline: a group commit's outcome must be known before ids are reused, and the
+        # writer's lock wait (``BUSY_TIMEOUT_MS``) already bounds how long it can take.
+        await self._w.run("events", [(e.channel, e.id, e.type, e.data_json) for e in events])
 
     def _maybe_checkpoint(self, committed: int) -> None:
         """Copy the WAL into the database off the loop, once enough was written."""
@@ -502,7 +605,8 @@ class SQLiteStore:
         await self._write(("INSERT INTO push_subscriptions (endpoint, user_id, p256dh, auth, created_at) "
                            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (endpoint) DO UPDATE SET "
                            "user_id = excluded.user_id, p256dh = excluded.p256dh, auth = excluded.auth, "
-                           "created_at = excluded.created_at", (endpoint, user_id, p256dh, auth, utc_now())))
+                           "created_at = excluded.created_at", (endpoint, user_id, p256dh, auth, utc_now())),
+                          idempotent=True)
 
     async def delete_subscription(self, endpoint: str, user_id: str | None = None) -> bool:
         if user_id is None:
@@ -515,3 +619,15 @@ class SQLiteStore:
         rows = await self._fetchall("SELECT user_id, endpoint, p256dh, auth, created_at FROM push_subscriptions "
                                     "WHERE user_id = ? ORDER BY created_at", (user_id,))
         return [PushSubscription(*row) for row in rows]
+
+
+def _meta(channel_id: str, conversation_id: str, model: str) -> Event:
+    return Event.make(channel_id, 1, META, {"channel": channel_id, "conversation_id": conversation_id,
+                                           "model": model})
+
+
+def _turn(conversation_id: str, question: str, channel_id: str, now: str) -> list[tuple[str, Sequence[Any]]]:
+    """The user's message, the running answer's, and the conversation moved to the top of its list."""
+    return [(SQL_INSERT_QUESTION, (conversation_id, question, channel_id, now)),
+            (SQL_INSERT_ANSWER, (conversation_id, channel_id, now)),
+            (SQL_TOUCH_CONVERSATION, (now, conversation_id))]

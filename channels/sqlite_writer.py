@@ -7,8 +7,11 @@ B-tree inserts and the WAL appends of a busy commit use the second core
 instead of delaying the streams.
 
 Wire format, both ways over a socket pair: a 4-byte big-endian length, then a
-pickle. A request is ``(operation, args)``; a reply is ``(True, result)`` or
-``(False, exception)``. The child exits when the server closes its end, or
+pickle. A request is ``(operation, deadline, args)``; a reply is ``(True, result)``
+or ``(False, exception)``. ``deadline`` (``time.monotonic()``, the same clock in
+both processes, or None) is when the caller stops waiting: a request that
+reaches the writer after it is refused with ``StoreUnavailable`` and never runs,
+so a caller that gave up never has its write land later. The child exits when the server closes its end, or
 dies: nothing else stops it, so a ``SIGINT``/``SIGTERM`` meant for the server
 cannot cut a write short while the server still finishes its streams.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import pickle
 import select
 import signal
@@ -33,7 +37,7 @@ from typing import Any, Sequence, cast
 import orjson
 
 from channels.events import TERMINAL_TYPES, USAGE
-from channels.store import utc_now
+from channels.store import StoreUnavailable, utc_now
 
 log = logging.getLogger("chime.store")
 
@@ -47,6 +51,18 @@ FOLD_AFTER_S = 1.0
 FOLD_PIECES = 4
 # How long ``close`` waits for the child to finish its last transaction and exit.
 EXIT_TIMEOUT_S = 10.0
+# How long a connection waits for another's lock (another process writing, a backup).
+# Shorter than any caller's deadline, so a locked database is a refusal, never a hang.
+BUSY_TIMEOUT_MS = 2000
+# How long past its deadline a caller still waits for the reply of a request the writer
+# had already started: its lock wait and its statements. Past it the writer is stuck.
+REPLY_GRACE_S = BUSY_TIMEOUT_MS / 1000 + 1.0
+# A migration may rewrite a large database: it is not held to a request's deadline.
+MIGRATE_DEADLINE_S = 600.0
+# The database and the -wal and -shm files SQLite makes beside it (with the database's mode).
+FILE_MODE = 0o600
+# SQLite's primary result codes for "another connection holds the lock".
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 PRAGMAS = (
     "PRAGMA journal_mode = WAL",
@@ -54,7 +70,7 @@ PRAGMAS = (
     # power loss can take back the last transactions.
     "PRAGMA synchronous = NORMAL",
     "PRAGMA foreign_keys = ON",
-    "PRAGMA busy_timeout = 5000",
+    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
 )
 
 # A channel's events are in ``events`` once folded, and in ``recent_events`` until then.
@@ -74,8 +90,32 @@ SQL_FINISH_MESSAGE = "UPDATE messages SET content = ?, status = ? WHERE channel 
 EventRow = tuple[str, int, str, bytes]  # channel, id, type, data
 
 
-class WriterGone(sqlite3.OperationalError):
+class WriterGone(StoreUnavailable):
     """The writer process exited; what it was sent has an unknown outcome."""
+
+
+def secure_files(path: Path | str) -> None:
+    """The database and its -wal and -shm readable by their owner only, made so before SQLite opens it.
+
+    SQLite creates the -wal and -shm files with the database file's mode, so
+    creating the database itself 0600 covers them; files an older Chime left
+    with the umask's mode are narrowed.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+    for name in (str(path), f"{path}-wal", f"{path}-shm"):
+        try:
+            if os.stat(name).st_mode & 0o777 != FILE_MODE:
+                os.chmod(name, FILE_MODE)
+        except FileNotFoundError:
+            pass
+
+
+def unavailable(exc: BaseException) -> BaseException:
+    """A lock held by another connection as ``StoreUnavailable``; any other error as it is."""
+    if isinstance(exc, sqlite3.OperationalError) and \
+            getattr(exc, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return StoreUnavailable(f"the database is locked: {exc}")
+    return exc
 
 
 # ---- the server's side -------------------------------------------------------------
@@ -109,11 +149,6 @@ class WriterProcess:
         """Requests sent and not yet answered."""
         return self._replies.in_flight if self._replies is not None else 0
 
-    @property
-    def in_flight(self) -> int:
-        """Requests sent and not yet answered."""
-        return self._replies.in_flight if self._replies is not None else 0
-
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
@@ -130,15 +165,28 @@ class WriterProcess:
             theirs.close()
         _, self._replies = await loop.create_unix_connection(_Replies, sock=ours)
         # Each start re-checks the schema, so a restarted writer never runs on an old one.
-        await self.run("migrate", self.migrations)
+        await self.run("migrate", self.migrations, deadline_s=MIGRATE_DEADLINE_S)
 
-    async def run(self, operation: str, *args: Any) -> Any:
-        """One whole transaction in the writer; its result, or its exception raised here."""
+    async def run(self, operation: str, *args: Any, deadline_s: float | None = None) -> Any:
+        """One whole transaction in the writer; its result, or its exception raised here.
+
+        With ``deadline_s`` the writer refuses the request if it reaches it later than
+        that, and this raises ``StoreUnavailable`` then, or if no reply comes even
+        ``REPLY_GRACE_S`` after (a stuck writer: that outcome is unknown).
+        """
         if self._replies is None or self._replies.closed:
             await self._restart()
         replies = self._replies
         assert replies is not None
-        ok, value = await replies.request(pickle.dumps((operation, args), protocol=pickle.HIGHEST_PROTOCOL))
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        reply = replies.request(pickle.dumps((operation, deadline, args), protocol=pickle.HIGHEST_PROTOCOL))
+        if deadline_s is None:
+            ok, value = await reply
+        else:
+            try:
+                ok, value = await asyncio.wait_for(reply, deadline_s + REPLY_GRACE_S)
+            except asyncio.TimeoutError:
+                raise StoreUnavailable("the database writer did not answer in time") from None
         if not ok:
             raise value
         return value
@@ -176,10 +224,6 @@ class _Replies(asyncio.Protocol):
         self._waiting: collections.deque[asyncio.Future[tuple[bool, Any]]] = collections.deque()
         self._buffer = bytearray()
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._waiting)
 
     @property
     def in_flight(self) -> int:
@@ -235,6 +279,7 @@ class _Replies(asyncio.Protocol):
 
 
 def connect(path: Path | str, wal_limit_bytes: int) -> sqlite3.Connection:
+    secure_files(path)
     db = sqlite3.connect(path, isolation_level=None)
     for pragma in PRAGMAS:
         db.execute(pragma)
@@ -283,21 +328,25 @@ class Writer:
             while self.pieces:
                 self.fold_piece()
 
-    def statements(self, statements: list[tuple[str, Sequence[Any]]]) -> int:
-        """One transaction; returns the rows the last statement changed."""
+    def statements(self, statements: list[tuple[str, Sequence[Any]]], rows: Sequence[EventRow] = ()) -> int:
+        """One transaction: the statements, then ``rows`` appended (a new channel's ``meta``);
+        returns the rows the last statement changed."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             changed = 0
             for sql, params in statements:
                 changed = db.execute(sql, params).rowcount
+            if rows:
+                db.executemany(SQL_INSERT_EVENT, rows)
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        self._appended(rows)
         return changed
 
-    def events(self, rows: list[EventRow], answers: dict[str, str]) -> None:
+    def events(self, rows: list[EventRow]) -> None:
         """One group commit: the events, and what a usage or terminal event changes besides."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
@@ -307,11 +356,22 @@ class Writer:
                 if type_ == USAGE:
                     db.execute(SQL_SET_USAGE, (data, channel))
                 elif type_ in TERMINAL_TYPES:
-                    _finish_channel(db, channel, type_, answers.get(channel))
+                    _finish_channel(db, channel, type_)
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        self._appended(rows)
+
+    def probe(self) -> None:
+        """Whether a write could start now: take the write lock and let it go, writing nothing."""
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("ROLLBACK")
+
+    def _appended(self, rows: Sequence[EventRow]) -> None:
+        """Committed rows now wait in ``recent_events`` for a fold."""
+        if not rows:
+            return
         if not self.recent:
             self.fold_at = time.monotonic() + self.fold_after_s
         self.recent += len(rows)
@@ -369,15 +429,15 @@ class Writer:
         (self.recent,) = self.db.execute("SELECT COUNT(*) FROM recent_events").fetchone()
 
 
-def _finish_channel(db: sqlite3.Connection, channel: str, type_: str, answer: str | None) -> None:
-    if answer is None:  # appended partly by an earlier process: the deltas are the truth
-        rows = db.execute(SQL_DELTAS, (channel,)).fetchall()
-        answer = "".join(orjson.loads(data)["content"] for _, data in rows)
+def _finish_channel(db: sqlite3.Connection, channel: str, type_: str) -> None:
+    # The answer is joined here from the stored deltas, so the server keeps none of it in memory.
+    rows = db.execute(SQL_DELTAS, (channel,)).fetchall()
+    answer = "".join(orjson.loads(data)["content"] for _, data in rows)
     db.execute(SQL_FINISH_CHANNEL, (type_, utc_now(), channel))
     db.execute(SQL_FINISH_MESSAGE, (answer, type_, channel))
 
 
-OPERATIONS = ("migrate", "statements", "events")
+OPERATIONS = ("migrate", "statements", "events", "probe")
 
 
 def _reply(value: Any, ok: bool) -> bytes:
@@ -441,13 +501,15 @@ def serve(writer: Writer, channel: socket.socket) -> None:
         if request is None:
             return
         piece_next = True
-        operation, args = request
+        operation, deadline, args = request
         try:
             if operation not in OPERATIONS:
                 raise sqlite3.OperationalError(f"unknown writer operation {operation!r}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise StoreUnavailable("the database writer was too busy to start this write in time")
             reply = _reply(getattr(writer, operation)(*args), True)
         except Exception as exc:
-            reply = _reply(exc, False)
+            reply = _reply(unavailable(exc), False)
         channel.sendall(reply)
 
 

@@ -4,7 +4,8 @@ Contract, for every implementation (``tests/channels/test_store_contract.py``
 runs the same suite against each):
 
 - A channel's events have ids 1..n with no gaps, whatever the concurrency of
-  appends; the ``meta`` event is id 1, written by ``create_channel``.
+  appends; the ``meta`` event is id 1, written in the same transaction as the
+  channel by ``create_channel`` or ``create_answer``: no channel exists without it.
 - ``append`` returns only once the event is durable (committed). Only then may
   readers be told of it: the store calls its ``on_commit`` callback with each
   committed batch, after the commit and never before.
@@ -16,9 +17,14 @@ runs the same suite against each):
 - A channel ends with exactly one terminal event, its last: appending after a
   terminal event raises ``ChannelClosed``. The terminal event's commit also sets
   the channel's status and ``finished_at`` and stores the joined answer as the
-  conversation's assistant message.
+  conversation's assistant message. The store keeps nothing in memory that
+  grows with an answer's length: the joined answer comes from the stored deltas.
 - ``read_after(channel, after)`` returns committed events with ``id > after``
   in id order.
+- No call waits without end: one that cannot be served in time (the database
+  locked by another process, a restarting writer, a failover) raises
+  ``StoreUnavailable`` within seconds, and a write refused that way never
+  lands later.
 """
 
 from __future__ import annotations
@@ -123,6 +129,10 @@ class Store(Protocol):
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
+    async def writable(self) -> bool:
+        """Whether a write could be made now, answered within seconds; cheap enough for a
+        flood of health checks (the answer may be a second or two old)."""
+        ...
 
     # Users
     async def create_user(self, user_id: str, token_hash: str) -> None: ...

@@ -34,7 +34,7 @@ def test_a_fold_runs_in_pieces_between_commits_and_every_read_sees_each_event_on
     channels = [f"channel-{n:02d}" for n in range(12)]
     pieces_run = 0
     for round_ in range(1, 21):  # a token for every channel per commit, as paced streams commit
-        writer.events([(channel, round_, DELTA, DATA) for channel in channels], {})
+        writer.events([(channel, round_, DELTA, DATA) for channel in channels])
         if not writer.folding and writer.fold_due():
             writer.start_fold()
         if writer.folding:  # one piece per commit, as the serve loop takes turns
@@ -57,7 +57,7 @@ def test_a_fold_runs_in_pieces_between_commits_and_every_read_sees_each_event_on
 def test_rows_a_previous_writer_left_are_folded_when_the_next_starts(tmp_path: Path) -> None:
     path = tmp_path / "chime.sqlite3"
     first = _writer(path, fold_rows=1_000_000, fold_after_s=3600)
-    first.events([(f"c{n}", 1, DELTA, DATA) for n in range(50)], {})
+    first.events([(f"c{n}", 1, DELTA, DATA) for n in range(50)])
     assert _count(first.db, "recent_events") == 50
     first.db.close()  # as a writer killed before its fold
 
@@ -67,7 +67,7 @@ def test_rows_a_previous_writer_left_are_folded_when_the_next_starts(tmp_path: P
 
 def test_rows_deleted_with_their_conversation_leave_no_fold_pending(tmp_path: Path) -> None:
     writer = _writer(tmp_path / "chime.sqlite3", fold_rows=5, fold_after_s=3600)
-    writer.events([("gone", n, DELTA, DATA) for n in range(1, 11)], {})
+    writer.events([("gone", n, DELTA, DATA) for n in range(1, 11)])
     writer.statements([("DELETE FROM recent_events WHERE channel = ?", ("gone",))])
     assert writer.fold_due()
     writer.start_fold()
@@ -94,3 +94,15 @@ async def test_the_writer_process_folds_once_nothing_is_written_for_a_moment(tmp
         assert await store.channel_content(channel) == "".join(f"{n} " for n in range(30))
     finally:
         await store.close()
+
+
+def test_a_new_channels_meta_row_is_counted_for_the_fold(tmp_path: Path) -> None:
+    writer = _writer(tmp_path / "chime.sqlite3", fold_rows=3, fold_after_s=3600)
+    for n in range(3):  # as create_answer sends them: the channel's rows, then its meta event
+        writer.statements([("SELECT 1", ())], [(f"c{n}", 1, "meta", DATA)])
+    assert writer.recent == _count(writer.db, "recent_events") == 3
+    assert writer.fold_due()
+    writer.start_fold()
+    while writer.folding:
+        writer.fold_piece()
+    assert (_count(writer.db, "recent_events"), _count(writer.db, "events"), writer.recent) == (0, 3, 0)

@@ -209,9 +209,16 @@ FAILURES: dict[str, tuple[Reply, str, int]] = {
     "fail-keepalive-stall": (Reply.text("one two three four", stall_after=2, keepalive_s=0.05),
                              "model_stalled", 1),
     "fail-in-stream": (Reply.text("one two three four", error_after=2), "model_error", 1),
+    # Slow or silent models: the stall limit bounds the wait for a complete event, retries included.
+    "fail-trickle": (Reply.text("one two three four", stall_after=2, trickle_s=0.05), "model_stalled", 1),
+    "fail-silent": (Reply(silent=True), "model_stalled", 1),
+    "fail-giant-line": (Reply.giant_line(40 * 1024 * 1024, after=2), "model_error", 1),
 }
 PARTIAL = {"fail-drop": "one two three ", "fail-stall": "one two ", "fail-keepalive-stall": "one two ",
-           "fail-in-stream": "one two "}
+           "fail-in-stream": "one two ", "fail-trickle": "one two ", "fail-giant-line": "one two "}
+STALLS = ["fail-stall", "fail-keepalive-stall", "fail-trickle", "fail-silent"]
+# How much later than CHIME_MODEL_STALL_S a stalled upstream request may be closed on a busy machine.
+STALL_SLACK_S = 1.5
 
 
 def test_every_failure_ends_right_while_another_channel_keeps_streaming(
@@ -239,6 +246,12 @@ def test_every_failure_ends_right_while_another_channel_keeps_streaming(
             assert len(upstream.requests_for(marker)) == attempts, marker
             assert content_of(events) == PARTIAL.get(marker, ""), marker
             check_conversation_keeps(users[marker], submitted[marker], PARTIAL.get(marker, ""), "error")
+        for marker in STALLS:  # measured from the last complete event, or the request when there was none
+            [request] = upstream.requests_for(marker)
+            closed_at = wait_until(lambda: request.disconnected_at, 5, f"{marker}: the upstream to see the close")
+            waited_s = closed_at - (request.last_token_at or request.received_at)
+            # (the answer's clock starts a moment before its request reaches the upstream)
+            assert STALL_S - 0.1 <= waited_s < STALL_S + STALL_SLACK_S, (marker, waited_s)
         # The long answer was still streaming while the failures ended.
         [long_request] = upstream.requests_for("healthy-long")
         assert long_request.last_token_at is not None

@@ -135,6 +135,17 @@ def _write_directly(protocol, data: bytes) -> None:
 
 @bp.websocket("/api/channels/<channel_id:str>/ws")
 async def websocket(request: Request, ws, channel_id: str) -> None:
+    # From the first moment: frames sent while the channel is looked up count too.
+    guard = InboundGuard(ws, _stop_on_violation(request.app.ctx, asyncio.current_task()))
+    try:
+        await serve_websocket(request, ws, guard, channel_id)
+    except (asyncio.CancelledError, WebsocketClosed):
+        pass  # the client went away, or was closed with 1008
+    finally:
+        guard.release()
+
+
+async def serve_websocket(request: Request, ws, guard: InboundGuard, channel_id: str) -> None:
     ctx = request.app.ctx
     try:
         user_id = await require_user(request, allow_query=True)
@@ -148,18 +159,14 @@ async def websocket(request: Request, ws, channel_id: str) -> None:
         return
     reader = ctx.presence.attach(channel_id)
     ctx.metrics.inc("chime_stream_readers_total", help="Readers attached to channels.", transport="ws")
-    guard = InboundGuard(ws, _stop_on_violation(ctx, asyncio.current_task()))
     listener = asyncio.get_running_loop().create_task(
         _listen(ctx, guard, channel_id, reader), name=f"chime-ws-listen-{channel_id}")
     try:
         async for batch in replay_then_live(ctx.store, ctx.hub, channel_id, after, None, ws_direct_write(ws)):
             await send_events(ws, batch)
         await ws.close(code=WS_CLOSE_GOING_AWAY if ctx.hub.shutting_down else WS_CLOSE_NORMAL)
-    except (asyncio.CancelledError, WebsocketClosed):
-        pass  # the client went away, or was closed with 1008
     finally:
         listener.cancel()
-        guard.release()
         ctx.presence.detach(reader)
 
 

@@ -100,12 +100,16 @@ class InboundGuard:
         self._unread_bytes = 0
         self._partial_bytes = 0  # of a fragmented message still arriving
         self._tasks: set[asyncio.Task] = set()
-        self.hooked = all(callable(getattr(ws, name, None)) for name in _SANIC_HOOKS) \
-            and hasattr(ws, "ws_proto")
-        if self.hooked:
-            # An instance attribute: Sanic's WebSocketProtocol calls
-            # ``self.websocket.data_received(data)`` for every TCP read.
-            ws.data_received = self._data_received
+        self.hooked = self._hook()
+
+    def _hook(self) -> bool:
+        if not (hasattr(self.ws, "ws_proto") and hasattr(self.ws, "__dict__")
+                and all(callable(getattr(self.ws, name, None)) for name in _SANIC_HOOKS)):
+            return False
+        # An instance attribute over the method: Sanic's WebSocketProtocol
+        # calls ``self.websocket.data_received(data)`` for every TCP read.
+        self.ws.data_received = self._data_received
+        return True
 
     def release(self) -> None:
         """Give reading back to Sanic: the handler is done with this connection."""

@@ -321,37 +321,33 @@ class SSEParser:
         self.data_bytes = 0  # counted only once an event has a second data line
 
     def feed(self, piece: bytes) -> list[bytes]:
-        if b"\n" not in piece:
-            if piece:
-                self._hold(piece)
-            return []
-        if self.parts:
-            self.parts.append(piece)
-            piece = b"".join(self.parts)
-            self.parts.clear()
-            self.held = 0
-        *lines, rest = piece.split(b"\n")
+        lines = piece.split(b"\n")
+        rest = lines.pop()  # the start of a line still arriving (b"" after a newline)
+        out: list[bytes] = []
+        if lines:
+            if self.parts:
+                lines[0] = self._completed(lines[0])
+            if len(piece) > MAX_LINE_BYTES and any(len(line.removesuffix(b"\r")) > MAX_LINE_BYTES
+                                                   for line in lines):
+                raise _too_long()
+            data = self.data
+            for line in lines:
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if line.startswith(b"data:"):
+                    value = line[5:]
+                    value = value[1:] if value.startswith(b" ") else value
+                    if data:
+                        self._count(data, value)
+                    data.append(value)
+                elif not line:
+                    if data:
+                        out.append(data[0] if len(data) == 1 else b"\n".join(data))
+                        data.clear()
+                elif line.startswith(b":"):
+                    out.append(b"")
         if rest:
             self._hold(rest)
-        if len(piece) > MAX_LINE_BYTES and any(len(line.removesuffix(b"\r")) > MAX_LINE_BYTES for line in lines):
-            raise _too_long()
-        out: list[bytes] = []
-        data = self.data
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if line.startswith(b"data:"):
-                value = line[5:]
-                value = value[1:] if value.startswith(b" ") else value
-                if data:
-                    self._count(data, value)
-                data.append(value)
-            elif not line:
-                if data:
-                    out.append(data[0] if len(data) == 1 else b"\n".join(data))
-                    data.clear()
-            elif line.startswith(b":"):
-                out.append(b"")
         return out
 
     def end(self) -> list[bytes]:
@@ -364,6 +360,17 @@ class SSEParser:
         out = [b"\n".join(self.data)] if self.data else []
         self.data.clear()
         return out
+
+    def _completed(self, last_part: bytes) -> bytes:
+        """The held line, now that its last part and newline arrived."""
+        parts = self.parts
+        parts.append(last_part)
+        line = b"".join(parts)
+        parts.clear()
+        self.held = 0
+        if len(line.removesuffix(b"\r")) > MAX_LINE_BYTES:
+            raise _too_long()
+        return line
 
     def _hold(self, part: bytes) -> None:
         self.held += len(part)

@@ -99,9 +99,14 @@ def secure_files(path: Path | str) -> None:
 
     SQLite creates the -wal and -shm files with the database file's mode, so
     creating the database itself 0600 covers them; files an older Chime left
-    with the umask's mode are narrowed.
+    with the umask's mode are narrowed. An existing database is never opened
+    here: closing any descriptor of it drops every POSIX lock this process holds
+    on it, those of SQLite's own connections included.
     """
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        pass
     for name in (str(path), f"{path}-wal", f"{path}-shm"):
         try:
             if os.stat(name).st_mode & 0o777 != FILE_MODE:

@@ -5,11 +5,20 @@ from __future__ import annotations
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, text
 
+from errors import Unavailable
+
 bp = Blueprint("health")
+
+# How soon a load balancer should ask again once the store cannot be written.
+UNWRITABLE_RETRY_AFTER_S = 2
 
 
 @bp.get("/healthz")
 async def healthz(request: Request) -> HTTPResponse:
+    """200 while the store can be written; 503 ``unavailable`` while it cannot (a lock held by
+    another process, a stuck writer), so a balancer sends traffic elsewhere."""
+    if not await request.app.ctx.store.writable():
+        raise Unavailable("Storage cannot be written now; try again.", retry_after_s=UNWRITABLE_RETRY_AFTER_S)
     return json({"status": "ok"})
 
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ import pytest
 from channels.events import DELTA, DONE
 from channels.sqlite_store import SQLiteStore
 from channels.sqlite_writer import WriterGone
-from tests.channels.stores import new_channel
+from channels.store import NewAnswer, StoreUnavailable
+from tests.channels.stores import new_channel, new_id, new_user
 from tests.support.waiting import async_wait_until
 
 
@@ -72,3 +74,90 @@ async def test_a_write_error_crosses_the_process_boundary_with_its_type(sqlite_s
     with pytest.raises(sqlite3.IntegrityError):
         await sqlite_store.create_user("u2", "hash")  # token_hash is unique
     assert await sqlite_store.user_for_token_hash("hash") == "u1"
+
+
+async def _in_flight_when_the_writer_dies(store: SQLiteStore, write) -> asyncio.Future:
+    """Start ``write`` while the writer is stopped, then kill the writer under it."""
+    pid = store._w.pid
+    os.kill(pid, signal.SIGSTOP)
+    pending = asyncio.ensure_future(write)
+    await async_wait_until(lambda: store._w.in_flight > 0, what="the write to reach the writer")
+    os.kill(pid, signal.SIGKILL)
+    return pending
+
+
+async def test_an_idempotent_write_is_sent_again_when_the_writer_dies_under_it(sqlite_store: SQLiteStore) -> None:
+    store = sqlite_store
+    user = await new_user(store)
+    first = store._w.pid
+    await asyncio.wait_for(await _in_flight_when_the_writer_dies(
+        store, store.save_subscription(user, "https://push.example/a", "key", "auth")), 10)
+    assert store._w.pid != first
+    assert [s.endpoint for s in await store.subscriptions_for(user)] == ["https://push.example/a"]
+
+
+async def test_a_write_that_cannot_be_repeated_is_unavailable_when_the_writer_dies_under_it(
+        sqlite_store: SQLiteStore) -> None:
+    store = sqlite_store
+    pending = await _in_flight_when_the_writer_dies(store, store.create_user("u1", "hash-1"))
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(pending, 10)
+    assert await store.user_for_token_hash("hash-1") is None  # it had not run: nothing half-made
+    await store.create_user("u1", "hash-1")  # the next write goes through a new writer
+    assert await store.user_for_token_hash("hash-1") == "u1"
+
+
+async def test_a_submission_the_writer_died_under_is_unavailable_and_left_no_trace(
+        sqlite_store: SQLiteStore) -> None:
+    store = sqlite_store
+    user = new_id()
+    answer = NewAnswer(new_id(), user, new_id(), "demo", "hello", new_user=(user, "hash"), new_title="t")
+    pending = await _in_flight_when_the_writer_dies(store, store.create_answer(answer))
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(pending, 10)
+    assert await store.get_channel(answer.channel_id) is None
+    assert await store.user_for_token_hash("hash") is None
+    assert store._logs == {}
+    assert (await store.create_answer(answer)).id == 1  # sent again by the client, it works
+
+
+async def test_a_write_a_stuck_writer_cannot_start_in_time_is_refused_and_never_lands(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "chime.sqlite3", write_deadline_s=0.2)
+    await store.open()
+    pid = store._w.pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            with pytest.raises(StoreUnavailable):
+                await store.create_user("u1", "hash-1")
+            assert await store.writable() is False
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert time.monotonic() - started < 10
+        await store.create_user("u2", "hash-2")  # after the refused one, in the writer's order
+        assert await store.user_for_token_hash("hash-1") is None
+        assert await store.user_for_token_hash("hash-2") == "u2"
+        assert store._w.pid == pid
+    finally:
+        await store.close()
+
+
+async def test_a_lock_held_by_another_process_is_unavailable_within_the_deadline(sqlite_store: SQLiteStore) -> None:
+    store = sqlite_store
+    channel = await new_channel(store)
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.create_user("u1", "hash-1")
+        with pytest.raises(StoreUnavailable):  # the group commit too: its appender hears it
+            await store.append(channel, DELTA, {"content": "x"})
+        assert time.monotonic() - started < 10
+        assert await store.read_after(channel, 0)  # reads go on
+        holder.execute("ROLLBACK")
+        await store.create_user("u1", "hash-1")
+        assert (await store.append(channel, DELTA, {"content": "y"})).id == 2
+    finally:
+        holder.close()

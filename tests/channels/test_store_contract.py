@@ -229,7 +229,7 @@ async def test_create_answer_makes_the_user_the_conversation_the_channel_and_the
     # The channel goes on from id 2, and its terminal event stores the answer.
     assert (await store.append(answer.channel_id, DELTA, {"content": "a log"})).id == 2
     assert (await store.append(answer.channel_id, DONE, {"finish_reason": "stop"})).id == 3
-    assert [id_ for id_ in (e.id for e in told)] == [1, 2, 3]
+    assert [e.id for e in told] == [1, 2, 3]
     assert (await store.messages(answer.conversation_id))[1].content == "a log"
 
 

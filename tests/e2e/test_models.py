@@ -125,7 +125,9 @@ def upstream() -> Iterator[OpenAIUpstream]:
 
 @pytest.fixture(scope="module")
 def chime(upstream: OpenAIUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    env = model_env(upstream, CHIME_MAX_RUNNING_PER_USER="2", CHIME_SUBMISSIONS_PER_MINUTE="4")
+    # Every test signs up its own users (one per failure mode): more than the default sign-ups a minute.
+    env = model_env(upstream, CHIME_MAX_RUNNING_PER_USER="2", CHIME_SUBMISSIONS_PER_MINUTE="4",
+                    CHIME_NEW_USERS_PER_MINUTE="200")
     with ServerProcess(Path(tmp_path_factory.mktemp("chime")), env) as process:
         yield process
 

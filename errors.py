@@ -11,6 +11,7 @@ import logging
 import orjson
 from sanic import HTTPResponse, Request, Sanic
 from sanic.exceptions import BadRequest, SanicException, URITooLong
+from websockets.exceptions import InvalidHandshake
 
 import redaction
 from channels.store import StoreUnavailable
@@ -144,7 +145,17 @@ def domain_error(exc: Exception) -> ApiError | None:
     """The API error a domain exception from below the routes stands for (None: not one)."""
     if isinstance(exc, StoreUnavailable):
         return Unavailable("Storage is unavailable for a moment; try again.", retry_after_s=exc.retry_after_s)
+    if is_unreadable_handshake(exc):
+        return ApiError("The WebSocket handshake has a header that is not valid text.")
     return None
+
+
+def is_unreadable_handshake(exc: Exception) -> bool:
+    """Sanic answers a WebSocket handshake whose headers the websockets library refuses (bytes that
+    are not text in any header) with a 500 of its own, raised while handling that refusal: the fault
+    is the client's."""
+    return (isinstance(exc, SanicException) and exc.status_code == 500
+            and isinstance(exc.__context__, InvalidHandshake))
 
 
 def render_error(request: Request, exc: Exception) -> HTTPResponse:

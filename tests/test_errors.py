@@ -91,3 +91,20 @@ def test_the_stand_in_for_rendering_that_refusal_can_be_built(app: Sanic) -> Non
     stand_in = request_for(app, b"/api/x\x00?access_token=secret", "NONE")
     assert stand_in.path == "/" and stand_in.query_string == ""
     assert request_for(app, b"/api/conversations?a=1", "NONE").path == "/api/conversations"
+
+
+def test_a_websocket_handshake_with_unreadable_headers_is_the_clients_fault(app: Sanic) -> None:
+    """What Sanic raises when the websockets library refuses the handshake's headers."""
+    from websockets.datastructures import Headers
+    from websockets.exceptions import InvalidHeaderValue
+
+    try:
+        try:
+            Headers({"Sec-WebSocket-Key": "\udcff"})
+        except InvalidHeaderValue:
+            raise SanicException("Failed to open a WebSocket connection.", status_code=500)
+    except SanicException as raised:
+        response = errors.render_error(REQUEST, raised)
+    assert response.status == 400 and body(response)["error"]["code"] == "bad_request"
+    # Any other 500 stays a 500: only the handshake's refusal is the client's.
+    assert errors.render_error(REQUEST, SanicException("broken", status_code=500)).status == 500

@@ -6,15 +6,21 @@ process (fan-out and presence live in its memory).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import os
 import resource
+import signal
 import sys
+import threading
 from types import SimpleNamespace
+from typing import Awaitable, Callable
 
 from sanic import Sanic
 
 import errors
+from channels.answers import Answers
 from channels.generation import Generations
 from channels.hub import Hub
 from channels.limits import Limits
@@ -23,8 +29,9 @@ from llm import make_provider
 from metrics import Metrics
 from notify import service as notify
 from notify.presence import Presence
-from routes import api
+from routes import api, origin
 from routes.auth import Users
+from routes.protocol import DeadlineProtocol
 from settings import Settings, SettingsError
 
 log = logging.getLogger("chime")
@@ -39,6 +46,9 @@ LISTEN_BACKLOG = 1024
 # answer's objects) every few: a full collection paused all streams for ~70 ms.
 GC_YOUNG_THRESHOLD = 50_000
 GC_OLDER_THRESHOLDS = (50, 100)  # young collections per middle one; middle ones per full one
+# If stopping ever takes this much longer than its own bounds, the process ends anyway:
+# a stop must not hang, whatever a model endpoint or a client does meanwhile.
+STOP_WATCHDOG_SLACK_S = 15.0
 
 
 def create_app(settings: Settings | None = None) -> Sanic:
@@ -46,9 +56,11 @@ def create_app(settings: Settings | None = None) -> Sanic:
     app = Sanic(APP_NAME)
     configure(app, settings)
     errors.install(app)
+    app.register_middleware(origin.checker(settings.allowed_origins), "request")
     app.blueprint(api)
     app.ctx.settings = settings
     app.ctx.stopping = False
+    app.ctx.stop_runs = {}
     app.before_server_start(start_services)
     app.before_server_stop(stop_streams)
     app.after_server_stop(close_services)
@@ -58,6 +70,11 @@ def create_app(settings: Settings | None = None) -> Sanic:
 def configure(app: Sanic, settings: Settings) -> None:
     config = app.config
     config.REQUEST_MAX_SIZE = settings.max_body_bytes
+    # Counted from a request's first byte by DeadlineProtocol (Sanic's own restarts at every byte).
+    config.REQUEST_TIMEOUT = settings.request_timeout_s
+    # Only the last N hops of X-Forwarded-* are believed: the client address the limits count
+    # by, and the scheme that decides the cookie's Secure attribute and this server's origin.
+    config.PROXIES_COUNT = settings.proxies_count
     # Open streams end on stop (stop_streams); this only bounds a stuck client.
     config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.shutdown_grace_s + 2.0
     # Keepalive comments are what keep a quiet stream under the response timeout.
@@ -72,6 +89,7 @@ async def start_services(app: Sanic) -> None:
     settings: Settings = app.ctx.settings
     ctx = app.ctx
     ctx.stopping = False  # an app that was stopped may be started again (test clients do)
+    ctx.stop_runs = {}
     ctx.metrics = Metrics()
     ctx.hub = Hub()
     ctx.presence = Presence()
@@ -80,9 +98,13 @@ async def start_services(app: Sanic) -> None:
     await ctx.store.open()
     ctx.users = Users(ctx.store)
     ctx.provider = make_provider(settings)
-    ctx.generations = Generations(ctx.store, ctx.provider, ctx.presence)
+    ctx.generations = Generations(ctx.store, ctx.provider, ctx.presence,
+                                  max_answer_chars=settings.max_answer_chars, max_answer_s=settings.max_answer_s)
     ctx.limits = Limits(settings.max_running_per_user, settings.submissions_per_minute,
-                        ctx.generations.running_for)
+                        ctx.generations.running_for, max_running_total=settings.max_running,
+                        running_total=lambda: ctx.generations.running,
+                        new_users_per_minute=settings.new_users_per_minute)
+    ctx.answers = Answers(ctx.store, ctx.generations, ctx.limits, settings)
     ctx.generations.completion_hooks.append(_count_completion(ctx.metrics))
     _register_gauges(ctx)
     await notify.start(app)
@@ -110,8 +132,20 @@ def _register_gauges(ctx: SimpleNamespace) -> None:
 
 async def stop_streams(app: Sanic) -> None:
     """Running answers get a grace period, then end as interrupted; then every stream ends."""
+    await _once(app, "stop_streams", _stop_streams)
+
+
+async def _stop_streams(app: Sanic) -> None:
     ctx = app.ctx
     ctx.stopping = True
+    if getattr(ctx, "owns_process", False):
+        # A second SIGTERM or Ctrl-C during the stop must not start it over, nor kill
+        # the process before its running answers have ended as interrupted.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+        _start_stop_watchdog(ctx.settings.shutdown_grace_s + app.config.GRACEFUL_SHUTDOWN_TIMEOUT)
+    if hasattr(ctx, "answers"):
+        await ctx.answers.settle()
     if hasattr(ctx, "generations"):
         await ctx.generations.shutdown(ctx.settings.shutdown_grace_s)
     if hasattr(ctx, "hub"):
@@ -119,12 +153,37 @@ async def stop_streams(app: Sanic) -> None:
 
 
 async def close_services(app: Sanic) -> None:
+    await _once(app, "close_services", _close_services)
+
+
+async def _close_services(app: Sanic) -> None:
     ctx = app.ctx
     await notify.stop(app)  # before the store closes: a push may still delete a subscription
     if hasattr(ctx, "provider"):
         await ctx.provider.close()
     if hasattr(ctx, "store"):
         await ctx.store.close()
+
+
+async def _once(app: Sanic, name: str, step: Callable[[Sanic], Awaitable[None]]) -> None:
+    """Run a stop step once; a second call (Sanic re-runs the listeners when a signal stops the
+    loop during the stop) waits for the same run instead of running it beside the first."""
+    runs: dict[str, asyncio.Task[None]] = app.ctx.stop_runs
+    task = runs.get(name)
+    if task is None:
+        task = runs[name] = asyncio.get_running_loop().create_task(step(app), name=f"chime-{name}")
+    await asyncio.shield(task)
+
+
+def _start_stop_watchdog(bound_s: float) -> None:
+    def give_up() -> None:
+        log.error("stopping took longer than %.0fs; exiting now", bound_s + STOP_WATCHDOG_SLACK_S)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(bound_s + STOP_WATCHDOG_SLACK_S, give_up)
+    timer.daemon = True
+    timer.start()
 
 
 def configure_logging(level: str) -> None:
@@ -145,9 +204,10 @@ def main() -> None:
     configure_logging(settings.log_level)
     raise_open_files_limit()
     app = create_app(settings)
+    app.ctx.owns_process = True  # stopping may ignore further signals and end the process if stuck
     tune_garbage_collector()
     app.run(host=settings.host, port=settings.port, single_process=True, access_log=False, motd=False,
-            backlog=LISTEN_BACKLOG)
+            backlog=LISTEN_BACKLOG, protocol=DeadlineProtocol)
 
 
 def tune_garbage_collector() -> None:

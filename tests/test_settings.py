@@ -87,3 +87,32 @@ def test_the_server_refuses_to_start_with_a_bad_value(tmp_path: Path) -> None:
                             text=True, timeout=60)
     assert result.returncode == 2
     assert "CHIME_PORT" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_public_deployment_settings_are_read_and_checked() -> None:
+    settings = Settings.from_env({
+        "CHIME_ALLOWED_ORIGINS": " https://App.example.com/ , http://localhost:3000,", "CHIME_PROXIES_COUNT": "2",
+        "CHIME_MAX_RUNNING": "9", "CHIME_NEW_USERS_PER_MINUTE": "5", "CHIME_MAX_ANSWER_CHARS": "1000",
+        "CHIME_MAX_ANSWER_S": "60", "CHIME_REQUEST_TIMEOUT_S": "7.5"})
+    assert settings.allowed_origins == ("https://app.example.com", "http://localhost:3000")
+    assert (settings.proxies_count, settings.max_running, settings.new_users_per_minute) == (2, 9, 5)
+    assert (settings.max_answer_chars, settings.max_answer_s, settings.request_timeout_s) == (1000, 60, 7.5)
+    defaults = Settings()
+    assert (defaults.max_running, defaults.new_users_per_minute, defaults.max_answer_chars) == (256, 20, 200_000)
+    assert (defaults.max_answer_s, defaults.request_timeout_s, defaults.allowed_origins) == (900, 30, ())
+
+
+@pytest.mark.parametrize("var, raw, says", [
+    ("CHIME_ALLOWED_ORIGINS", "app.example.com", "CHIME_ALLOWED_ORIGINS"),
+    ("CHIME_ALLOWED_ORIGINS", "https://app.example.com/chat", "CHIME_ALLOWED_ORIGINS"),
+    ("CHIME_ALLOWED_ORIGINS", "ftp://app.example.com", "CHIME_ALLOWED_ORIGINS"),
+    ("CHIME_PROXIES_COUNT", "-1", "CHIME_PROXIES_COUNT"),
+    ("CHIME_MAX_RUNNING", "0", "CHIME_MAX_RUNNING"),
+    ("CHIME_NEW_USERS_PER_MINUTE", "0", "CHIME_NEW_USERS_PER_MINUTE"),
+    ("CHIME_MAX_ANSWER_CHARS", "0", "CHIME_MAX_ANSWER_CHARS"),
+    ("CHIME_MAX_ANSWER_S", "nan", "CHIME_MAX_ANSWER_S"),
+    ("CHIME_REQUEST_TIMEOUT_S", "0", "CHIME_REQUEST_TIMEOUT_S"),
+])
+def test_bad_public_deployment_settings_say_what_to_fix(var: str, raw: str, says: str) -> None:
+    with pytest.raises(SettingsError, match=says):
+        Settings.from_env({var: raw})

@@ -1,0 +1,98 @@
+"""The answers service: what every front door calls to start an answer.
+
+A submission is one step that a client hanging up cannot cut: the limits are
+checked and a slot reserved, then one store transaction creates everything
+(the user and conversation when new, the channel with ``meta`` at id 1, the
+turn), then the generation starts. That work runs in a task of its own that
+the request only waits for, so a cancelled request leaves either nothing or a
+complete answer running to its terminal event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from channels.generation import Generations
+from channels.limits import Limits
+from channels.store import NewAnswer, Store
+from errors import NotFound
+from llm.context import build_messages
+from settings import Settings
+
+MAX_TITLE_CHARS = 80
+
+
+def new_id() -> str:
+    """An opaque, URL-safe id with 128 random bits."""
+    return secrets.token_urlsafe(16)
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def title_for(message: str) -> str:
+    """Whitespace collapsed; longer than 80 characters, cut so that with the ``…`` it is 80."""
+    title = " ".join(message.split())
+    if len(title) > MAX_TITLE_CHARS:
+        title = title[:MAX_TITLE_CHARS - 1] + "…"
+    return title
+
+
+@dataclass(frozen=True)
+class Submitted:
+    channel: str
+    conversation_id: str
+    token: str | None  # the new user's token, when the submission made one
+
+
+class Answers:
+    def __init__(self, store: Store, generations: Generations, limits: Limits, settings: Settings):
+        self.store = store
+        self.generations = generations
+        self.limits = limits
+        self.settings = settings
+        self._starting: set[asyncio.Task[None]] = set()
+
+    async def submit(self, user_id: str | None, message: str, conversation_id: str | None,
+                     address: str) -> Submitted:
+        """Start an answer to ``message``; raises NotFound (conversation) or RateLimited."""
+        history = []
+        if conversation_id is not None:
+            conversation = await self.store.get_conversation(conversation_id)
+            if conversation is None or conversation.user_id != user_id:
+                raise NotFound("No such conversation.")
+            history = await self.store.messages(conversation_id)
+        token = new_user = None
+        if user_id is None:
+            self.limits.admit_new_user(address)
+            user_id, token = new_id(), new_token()
+            new_user = (user_id, hash_token(token))
+        answer = NewAnswer(channel_id=new_id(), user_id=user_id, conversation_id=conversation_id or new_id(),
+                           model=self.settings.model_name, message=message, new_user=new_user,
+                           new_title=None if conversation_id is not None else title_for(message))
+        settings = self.settings
+        messages = build_messages(settings.system_prompt, history, message, settings.history_budget_chars)
+        task = asyncio.get_running_loop().create_task(self._create_and_start(answer, messages),
+                                                      name=f"chime-submit-{answer.channel_id}")
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+        await asyncio.shield(task)
+        return Submitted(answer.channel_id, answer.conversation_id, token)
+
+    async def _create_and_start(self, answer: NewAnswer, messages: list[dict[str, str]]) -> None:
+        with self.limits.admit(answer.user_id):
+            await self.store.create_answer(answer)
+            self.generations.start(answer.channel_id, answer.user_id, messages)
+
+    async def settle(self) -> None:
+        """Wait for submissions under way (on stop, before the generations are shut down)."""
+        if self._starting:
+            await asyncio.wait(list(self._starting))

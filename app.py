@@ -28,7 +28,7 @@ from channels.sqlite_store import SQLiteStore
 from llm import make_provider
 from metrics import Metrics
 from notify import service as notify
-from notify.presence import Presence
+from channels.presence import Presence
 from routes import api, origin
 from routes.auth import Users
 from routes.protocol import DeadlineProtocol

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 from channels.events import CANCELLED, DELTA, DONE, ERROR, INTERRUPTED, USAGE
 from channels.store import ChannelClosed, Store, UnknownChannel
 from llm.base import ModelError, Provider
-from notify.presence import Presence
+from channels.presence import Presence
 
 log = logging.getLogger("chime.generation")
 

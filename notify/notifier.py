@@ -18,16 +18,12 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
+from channels.generation import Completion
 from channels.store import PushSubscription, Store
 from metrics import Metrics
 from notify.addresses import RefusedEndpoint, parse_endpoint
 from notify.payload import build_payload, topic_for
 from notify.sender import PushSender, SendResult
-
-if TYPE_CHECKING:  # channels.generation imports notify.presence: no cycle at run time
-    from channels.generation import Completion
 
 log = logging.getLogger("chime.push")
 

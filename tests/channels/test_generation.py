@@ -12,7 +12,7 @@ import pytest
 from channels.generation import Completion, Generations
 from channels.sqlite_store import SQLiteStore
 from llm.base import Chunk, ModelError
-from notify.presence import Presence
+from channels.presence import Presence
 from tests.support.waiting import async_wait_until
 
 USER = "user-1"

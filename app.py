@@ -107,7 +107,8 @@ async def start_services(app: Sanic) -> None:
     ctx.answers = Answers(ctx.store, ctx.generations, ctx.limits, settings)
     ctx.generations.completion_hooks.append(_count_completion(ctx.metrics))
     _register_gauges(ctx)
-    await notify.start(app)
+    ctx.vapid, ctx.notifier = notify.create(settings, ctx.store, ctx.metrics)
+    ctx.generations.completion_hooks.append(ctx.notifier.on_completion)
     interrupted = await ctx.generations.interrupt_orphans()
     if interrupted:
         log.warning("ended %d answers left running by a previous process as interrupted", interrupted)
@@ -158,7 +159,8 @@ async def close_services(app: Sanic) -> None:
 
 async def _close_services(app: Sanic) -> None:
     ctx = app.ctx
-    await notify.stop(app)  # before the store closes: a push may still delete a subscription
+    if hasattr(ctx, "notifier"):  # before the store closes: a push may still delete a subscription
+        await ctx.notifier.stop(ctx.settings.shutdown_grace_s)
     if hasattr(ctx, "provider"):
         await ctx.provider.close()
     if hasattr(ctx, "store"):

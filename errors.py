@@ -7,6 +7,7 @@ status: no stack traces and no HTML pages.
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable
 
 import orjson
 from sanic import HTTPResponse, Request, Sanic
@@ -14,6 +15,8 @@ from sanic.exceptions import BadRequest, SanicException, URITooLong
 from websockets.exceptions import InvalidHandshake
 
 import redaction
+from channels.answers import UnknownConversation
+from channels.limits import LimitExceeded
 from channels.store import StoreUnavailable
 
 log = logging.getLogger("chime.errors")
@@ -128,7 +131,8 @@ _SANIC_CODES = {
     413: TooLarge,
     415: UnsupportedMediaType,
     429: RateLimited,
-    503: Unavailable,
+    # Sanic's own 503 is its response timeout, not a stop.
+    503: ("unavailable", "The server could not answer in time; try again in a moment."),
 }
 
 
@@ -141,10 +145,20 @@ def json_error(status: int, code: str, message: str, headers: dict[str, str] | N
                         content_type="application/json")
 
 
+# Domain exceptions raised below the routes, and the API error each stands for: the one table.
+_DOMAIN_ERRORS: tuple[tuple[type[Exception], Callable[[Any], ApiError]], ...] = (
+    (UnknownConversation, lambda exc: NotFound("No such conversation.")),
+    (LimitExceeded, lambda exc: RateLimited(exc.message, retry_after_s=exc.retry_after_s)),
+    (StoreUnavailable, lambda exc: Unavailable("Storage is unavailable for a moment; try again.",
+                                               retry_after_s=exc.retry_after_s)),
+)
+
+
 def domain_error(exc: Exception) -> ApiError | None:
     """The API error a domain exception from below the routes stands for (None: not one)."""
-    if isinstance(exc, StoreUnavailable):
-        return Unavailable("Storage is unavailable for a moment; try again.", retry_after_s=exc.retry_after_s)
+    for kind, to_api in _DOMAIN_ERRORS:
+        if isinstance(exc, kind):
+            return to_api(exc)
     if is_unreadable_handshake(exc):
         return ApiError("The WebSocket handshake has a header that is not valid text.")
     return None

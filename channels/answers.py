@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from channels.generation import Generations
 from channels.limits import Limits
 from channels.store import NewAnswer, Store
-from errors import NotFound
 from llm.context import build_messages
 from settings import Settings
 
@@ -46,6 +45,10 @@ def title_for(message: str) -> str:
     return title
 
 
+class UnknownConversation(Exception):
+    """The conversation does not exist, or is not the submitting user's."""
+
+
 @dataclass(frozen=True)
 class Submitted:
     channel: str
@@ -63,12 +66,12 @@ class Answers:
 
     async def submit(self, user_id: str | None, message: str, conversation_id: str | None,
                      address: str) -> Submitted:
-        """Start an answer to ``message``; raises NotFound (conversation) or RateLimited."""
+        """Start an answer to ``message``; raises ``UnknownConversation`` or ``LimitExceeded``."""
         history = []
         if conversation_id is not None:
             conversation = await self.store.get_conversation(conversation_id)
             if conversation is None or conversation.user_id != user_id:
-                raise NotFound("No such conversation.")
+                raise UnknownConversation(conversation_id)
             history = await self.store.messages(conversation_id)
         token = new_user = None
         if user_id is None:

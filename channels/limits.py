@@ -19,11 +19,19 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from errors import RateLimited
 
 WINDOW_S = 60.0
 # A full running limit frees up when an answer ends: ask to retry soon.
 RUNNING_RETRY_AFTER_S = 1
+
+
+class LimitExceeded(Exception):
+    """A limit refused the request; ``retry_after_s`` says when trying again may succeed."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
 
 
 class Window:
@@ -90,7 +98,7 @@ class Limits:
     def admit(self, user_id: str) -> Iterator[None]:
         """Check, then hold a running slot and count the submission, until the block ends.
 
-        Raises 429 rate_limited (with Retry-After) before reserving anything.
+        Raises ``LimitExceeded`` before reserving anything.
         """
         self.check(user_id)
         self.record(user_id)
@@ -103,31 +111,31 @@ class Limits:
                 self._starting[user_id] = left
 
     def check(self, user_id: str) -> None:
-        """Raise 429 rate_limited (with Retry-After) when the user may not submit now."""
+        """Raise ``LimitExceeded`` when the user may not submit now."""
         if self.running_for(user_id) + self._starting.get(user_id, 0) >= self.max_running:
-            raise RateLimited(f"You already have {self.max_running} answers running: "
-                              "wait for one to finish or cancel it.", retry_after_s=RUNNING_RETRY_AFTER_S)
+            raise LimitExceeded(f"You already have {self.max_running} answers running: "
+                              "wait for one to finish or cancel it.", RUNNING_RETRY_AFTER_S)
         if (self.max_running_total is not None
                 and self.running_total() + sum(self._starting.values()) >= self.max_running_total):
-            raise RateLimited("The server is answering as many questions as it can: try again in a moment.",
+            raise LimitExceeded("The server is answering as many questions as it can: try again in a moment.",
                               retry_after_s=RUNNING_RETRY_AFTER_S)
         wait_s = self._submissions.wait_s(user_id)
         if wait_s:
-            raise RateLimited(f"At most {self.per_minute} questions a minute: "
-                              f"try again in {wait_s} s.", retry_after_s=wait_s)
+            raise LimitExceeded(f"At most {self.per_minute} questions a minute: "
+                              f"try again in {wait_s} s.", wait_s)
 
     def record(self, user_id: str) -> None:
         """Count a submission in the user's one-minute window."""
         self._submissions.record(user_id)
 
     def admit_new_user(self, address: str) -> None:
-        """Count a new identity made for ``address``; 429 (Retry-After at most 60) past the limit."""
+        """Count a new identity made for ``address``; ``LimitExceeded`` (at most 60 s) past the limit."""
         if self.new_users_per_minute is None:
             return
         wait_s = self._new_users.wait_s(address)
         if wait_s:
-            raise RateLimited(f"At most {self.new_users_per_minute} new users a minute from one address: "
-                              f"try again in {wait_s} s.", retry_after_s=min(wait_s, int(WINDOW_S)))
+            raise LimitExceeded(f"At most {self.new_users_per_minute} new users a minute from one address: "
+                              f"try again in {wait_s} s.", min(wait_s, int(WINDOW_S)))
         self._new_users.record(address)
 
     @property

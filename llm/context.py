@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Iterable
-
-from channels.store import MessageRecord
+from typing import Iterable, Protocol
 
 
-def build_messages(system_prompt: str, history: Iterable[MessageRecord], message: str,
+class Turn(Protocol):
+    """An earlier message of the conversation, as whatever stores it keeps it."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def content(self) -> str: ...
+
+
+def build_messages(system_prompt: str, history: Iterable[Turn], message: str,
                    budget_chars: int) -> list[dict[str, str]]:
     """The chat messages for the model, earlier turns bounded by ``budget_chars``.
 

@@ -1,5 +1,6 @@
-"""Web Push: VAPID keys, subscriptions, presence, the push sender and the completion hook.
+"""Web Push: VAPID keys, subscriptions, the push sender and the completion hook.
 
-``notify.service.start(app)`` wires the push notifier into a running app;
-``notify.service.stop(app)`` drains and closes it.
+``notify.service.create(settings, store, metrics)`` builds the VAPID keys and the
+notifier, whose ``on_completion`` the app subscribes to answers' endings; nothing
+here knows the web framework.
 """

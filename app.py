@@ -112,6 +112,9 @@ async def start_services(app: Sanic) -> None:
     interrupted = await ctx.generations.interrupt_orphans()
     if interrupted:
         log.warning("ended %d answers left running by a previous process as interrupted", interrupted)
+    # An answer whose generation is gone (a submission cut between its commit and its start,
+    # a terminal append that never succeeded) still ends: the store is the truth.
+    ctx.sweeper = asyncio.get_running_loop().create_task(ctx.generations.sweep(), name="chime-sweeper")
     log.info("Chime listening on http://%s:%d, model %r (%s), data in %s", settings.host, settings.port,
              settings.model_name, "offline demo" if settings.uses_demo_model else settings.openai_base_url
              or "OpenAI", settings.data_dir.resolve())
@@ -145,6 +148,8 @@ async def _stop_streams(app: Sanic) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)
         _start_stop_watchdog(ctx.settings.shutdown_grace_s + app.config.GRACEFUL_SHUTDOWN_TIMEOUT)
+    if hasattr(ctx, "sweeper"):
+        ctx.sweeper.cancel()
     if hasattr(ctx, "answers"):
         await ctx.answers.settle()
     if hasattr(ctx, "generations"):

@@ -22,6 +22,9 @@ log = logging.getLogger("chime.generation")
 
 SHUTDOWN_REASON = "server_shutdown"
 RESTART_REASON = "server_restart"
+LOST_REASON = "server_lost"  # running in the store with no generation left to end it
+# How often the store is checked for running channels that no generation owns.
+SWEEP_INTERVAL_S = 10.0
 # A terminal event that could not be appended (a locked database, a restarted writer) is
 # tried again with these delays, doubling, for about a minute in all: an answer must end.
 TERMINAL_RETRY_FIRST_S = 0.05
@@ -64,6 +67,10 @@ class Generations:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._owners: dict[str, str] = {}
         self._stop_reasons: dict[str, str] = {}
+        # Channels whose generation is appending its terminal event: a cancel now would be a
+        # second ending, so it is refused (the answer has finished).
+        self._finishing: set[str] = set()
+        self._abandoned: set[str] = set()  # seen running with no generation by the last sweep
 
     # ---- starting and stopping -------------------------------------------
 
@@ -78,6 +85,7 @@ class Generations:
         self._tasks.pop(channel, None)
         self._owners.pop(channel, None)
         self._stop_reasons.pop(channel, None)
+        self._finishing.discard(channel)
 
     def is_running(self, channel: str) -> bool:
         return channel in self._tasks
@@ -90,12 +98,17 @@ class Generations:
         return len(self._tasks)
 
     def cancel(self, channel: str, reason: str = CANCELLED) -> bool:
-        """Ask a running generation to stop; it appends its terminal event itself."""
+        """Ask a running generation to stop; it appends its terminal event itself.
+
+        False when there is none, or it is already appending its terminal event:
+        exactly one ending wins, and it is that one. Asking twice is not cancelling twice.
+        """
         task = self._tasks.get(channel)
-        if task is None or task.done():
+        if task is None or task.done() or channel in self._finishing:
             return False
-        self._stop_reasons.setdefault(channel, reason)
-        task.cancel()
+        if channel not in self._stop_reasons:
+            self._stop_reasons[channel] = reason
+            task.cancel()
         return True
 
     async def stop(self, channel: str, *, wait: bool = False) -> bool:
@@ -118,13 +131,41 @@ class Generations:
         """On start: end every channel a previous process left running as interrupted."""
         ended = 0
         for channel in await self.store.running_channels():
-            if channel in self._tasks:
-                continue
-            record = await self.store.get_channel(channel)
-            if record is not None and await self.finish(
-                    channel, record.user_id, INTERRUPTED, {"reason": RESTART_REASON}):
+            if channel not in self._tasks and await self._end_without_generation(channel, RESTART_REASON):
                 ended += 1
         return ended
+
+    async def end_abandoned(self) -> int:
+        """End the channels the store has running with no generation here, at their second sighting.
+
+        A channel seen once may be a submission between its commit and its generation's
+        start; seen again a sweep later, nothing is going to end it but this.
+        """
+        abandoned = {channel for channel in await self.store.running_channels() if channel not in self._tasks}
+        confirmed, self._abandoned = abandoned & self._abandoned, abandoned
+        ended = 0
+        for channel in confirmed:
+            if channel not in self._tasks and await self._end_without_generation(channel, LOST_REASON):
+                self._abandoned.discard(channel)
+                ended += 1
+        return ended
+
+    async def sweep(self, interval_s: float = SWEEP_INTERVAL_S) -> None:
+        """``end_abandoned`` every ``interval_s``, until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                ended = await self.end_abandoned()
+            except Exception:
+                log.warning("sweeping for abandoned answers failed; trying again later", exc_info=True)
+                continue
+            if ended:
+                log.warning("ended %d answers that no generation was running as interrupted", ended)
+
+    async def _end_without_generation(self, channel: str, reason: str) -> bool:
+        record = await self.store.get_channel(channel)
+        return (record is not None and record.running
+                and await self.finish(channel, record.user_id, INTERRUPTED, {"reason": reason}))
 
     async def shutdown(self, grace_s: float) -> None:
         """Give running answers ``grace_s`` to finish, then end the rest as interrupted."""
@@ -203,6 +244,8 @@ class Generations:
         after its commit); when a retry finds the channel closed by this very event, the
         ending still counts, so push and metrics follow it.
         """
+        if self._tasks.get(channel) is asyncio.current_task():
+            self._finishing.add(channel)
         watched = self.presence.watched(channel)  # decided before any reader is sent the event
         if not await self._append_terminal(channel, status, data):
             return False

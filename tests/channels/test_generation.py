@@ -288,3 +288,62 @@ async def test_a_terminal_append_that_committed_despite_failing_still_completes_
     events = [e.type for e in await store.read_after(channel, 1)]
     assert events.count("done") == 1 and events[-1] == "done"
     assert [c.status for c in world.completions] == ["done"]
+
+
+async def test_a_channel_running_with_no_generation_is_ended_at_its_second_sighting(store: SQLiteStore) -> None:
+    world = World(store, ScriptedProvider(hold=asyncio.Event()))
+    abandoned = await world.channel("abandoned")
+    live = await world.run("live")
+    assert await world.generations.end_abandoned() == 0  # maybe a submission about to start
+    fresh = await world.channel("fresh")
+    assert await world.generations.end_abandoned() == 1
+    assert [(e.type, e.data) for e in await store.read_after(abandoned, 1)] == [
+        ("interrupted", {"reason": "server_lost"})]
+    assert [c.channel for c in world.completions] == [abandoned]
+    assert (await store.get_channel(fresh)).running and world.generations.is_running(live)
+    assert await world.generations.end_abandoned() == 1  # the fresh one, seen twice now
+    await world.generations.shutdown(0)
+
+
+async def test_the_sweeper_ends_abandoned_channels_on_its_own(store: SQLiteStore) -> None:
+    world = World(store, ScriptedProvider())
+    abandoned = await world.channel("abandoned")
+    sweeper = asyncio.get_running_loop().create_task(world.generations.sweep(0.05))
+    try:
+        await async_wait_until(lambda: world.completions, 5, "the sweeper to end the channel")
+    finally:
+        sweeper.cancel()
+    assert (await store.get_channel(abandoned)).status == "interrupted"
+
+
+async def test_cancel_while_the_terminal_event_is_appended_loses_and_the_push_decision_follows(
+        store: SQLiteStore) -> None:
+    appending = asyncio.Event()
+    release = asyncio.Event()
+
+    class SlowTerminalStore(FlakyTerminalStore):
+        async def append(self, channel: str, type: str, data: dict[str, Any], *, wait: bool = True) -> Any:
+            if type == "done":
+                appending.set()
+                await release.wait()
+            return await self._store.append(channel, type, data, wait=wait)
+
+    world = World(SlowTerminalStore(store, failures=0), ScriptedProvider(TOKENS))
+    channel = await world.run()
+    await asyncio.wait_for(appending.wait(), 5)
+    assert world.generations.cancel(channel) is False
+    assert await world.generations.stop(channel) is False  # the route answers 409 already_finished
+    release.set()
+    events = await world.finished(channel)
+    assert [kind for kind, _ in events if kind in ("done", "cancelled")] == ["done"]
+    assert [c.status for c in world.completions] == ["done"]
+
+
+async def test_cancelling_twice_cancels_once(store: SQLiteStore) -> None:
+    world = World(store, ScriptedProvider(TOKENS[:1], hold=asyncio.Event()))
+    channel = await world.run()
+    await async_wait_until(lambda: store.read_after(channel, 1), 5, "the first token")
+    assert world.generations.cancel(channel) and world.generations.cancel(channel, "interrupted")
+    events = await world.finished(channel)
+    assert [kind for kind, _ in events][-1] == "cancelled"
+    assert [c.status for c in world.completions] == ["cancelled"]

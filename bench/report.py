@@ -20,6 +20,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("duplicated", "dup", "{:,}"),
     ("out_of_order", "ooo", "{:,}"),
     ("failed_streams", "failed", "{:,}"),
+    ("replayed", "replay", "{:,}"),
     ("p50_ms", "p50 ms", "{:.2f}"),
     ("p99_ms", "p99 ms", "{:.2f}"),
     ("max_ms", "max ms", "{:.2f}"),
@@ -35,6 +36,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("wall_s", "wall s", "{:.1f}"),
     ("setup_s", "setup s", "{:.1f}"),
     ("server_ms_per_setup", "srv ms/setup", "{:.2f}"),
+    ("net_ms_per_submission", "net ms/sub", "{:.2f}"),
+    ("arrival_lag_max_ms", "lag ms", "{:.1f}"),
 )
 
 

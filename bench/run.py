@@ -15,15 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.arrivals import Arrivals, Submissions
 from bench.procstat import memory_kb
 from bench.report import save, table
 from bench.scenarios import Bench, Idle, Replay, Streams, stop
+from bench.serve import HTTP_CLIENTS
 from bench.upstream import raise_open_files_limit
 from tests.support.server import ROOT, free_port
 from tests.support.waiting import wait_until
 
 PACED_RATE = 25          # tokens/s per stream
 PACED_DELAY_MS = 100     # from the go (every reader attached) to a paced stream's first token
+ARRIVAL_FIRST_TOKEN_MS = 1000 // PACED_RATE  # an arriving answer: its first token one token period after its request
 
 
 def scenarios(quick: bool) -> dict[str, Any]:
@@ -34,11 +37,13 @@ def scenarios(quick: bool) -> dict[str, Any]:
         Streams("paced-200", 200, paced_tokens, PACED_RATE, PACED_DELAY_MS),
         Streams("paced-1000", 1000, paced_tokens, PACED_RATE, PACED_DELAY_MS),
         Streams("unpaced", 20, unpaced_tokens, 0, 300),
+        Arrivals("arrivals-1000", 1000, paced_tokens, PACED_RATE, ARRIVAL_FIRST_TOKEN_MS),
+        Submissions("submit-1000", 1000),
         Idle("idle-5000", 5_000),
         Replay("replay"),
     ]
     if not quick:
-        all_.insert(5, Idle("idle-10000", 10_000))
+        all_.insert(7, Idle("idle-10000", 10_000))
     return {scenario.name: scenario for scenario in all_}
 
 
@@ -64,15 +69,17 @@ class UpstreamProcess:
 
 
 async def run(names: list[str], quick: bool, transports: tuple[str, ...],
-              profile: bool = False) -> list[dict[str, Any]]:
+              profile: bool = False, http_client: str = "lean") -> list[dict[str, Any]]:
     chosen = scenarios(quick)
     rows: list[dict[str, Any]] = []
     with UpstreamProcess() as upstream, tempfile.TemporaryDirectory(prefix="chime-bench-") as work:
-        bench = Bench(upstream.port, upstream.process.pid, Path(work), transports, profile)  # type: ignore[union-attr]
+        bench = Bench(upstream.port, upstream.process.pid, Path(work), transports, profile,  # type: ignore[union-attr]
+                      http_client)
         for name in names or list(chosen):
             started = time.monotonic()
             async for result in chosen[name].rows(bench):
                 result["upstream_peak_rss_mb"] = memory_kb(upstream.process.pid)["VmHWM"] / 1024  # type: ignore
+                result["http_client"] = http_client
                 rows.append(result)
                 print(table([result]).splitlines()[-1], flush=True)
             print(f"# {name}: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
@@ -88,6 +95,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="only this transport (repeatable); default both")
     parser.add_argument("--profile", action="store_true",
                         help="sample the server with py-spy into bench/results/profile-*.txt")
+    parser.add_argument("--http-client", choices=HTTP_CLIENTS, default="lean",
+                        help="the server's client to the model: its own lean HTTP/1.1 transport (default) or "
+                             "the OpenAI SDK's aiohttp client, for comparison")
     args = parser.parse_args(argv)
     unknown = set(args.scenario) - set(scenarios(args.quick))
     if unknown:
@@ -102,10 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     raise_open_files_limit()  # servers started from here inherit it
     transports = tuple(args.transport) or ("sse", "ws")
     print(table([]), flush=True)
-    rows = uvloop.run(run(args.scenario, args.quick, transports, args.profile))
+    rows = uvloop.run(run(args.scenario, args.quick, transports, args.profile, args.http_client))
     print("\n" + table(rows))
     path = save(rows, {"quick": args.quick, "scenarios": args.scenario, "transports": transports,
-                       "profile": args.profile})
+                       "profile": args.profile, "http_client": args.http_client})
     print(f"\nsaved {path.relative_to(ROOT)}")
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ from bench.clients import (READERS, DirectReader, Exchange, ExchangePool, Tally,
                            open_reader, post_request)
 from bench.procstat import CpuMeter, memory_kb
 from bench.profile import profiled
-from tests.support.server import ServerProcess
+from tests.support.server import ROOT, ServerProcess
+from tests.support.waiting import wait_until
 
 SETUP_CONCURRENCY = 64        # streams being set up at once (POST + connect)
 IDLE_CONNECT_CONCURRENCY = 256
@@ -55,16 +58,32 @@ class Bench:
     work_dir: Path
     transports: tuple[str, ...] = ("sse", "ws")
     profile: bool = False
+    http_client: str = "lean"  # the model's HTTP client: "lean" (the product's) or "aiohttp" (see bench.serve)
     servers_started: int = 0
 
     def server(self, env: dict[str, str], data_dir: Path | None = None) -> ServerProcess:
         self.servers_started += 1
         data_dir = data_dir or self.work_dir / f"server-{self.servers_started}"
-        return ServerProcess(data_dir, {**SERVER_ENV, **env}).start()
+        if self.http_client == "lean":
+            return ServerProcess(data_dir, {**SERVER_ENV, **env}).start()
+        return SwitchedServer(data_dir, {**SERVER_ENV, "CHIME_BENCH_HTTP_CLIENT": self.http_client, **env}).start()
 
-    def model_server(self) -> ServerProcess:
+    def model_server(self, env: dict[str, str] | None = None) -> ServerProcess:
         return self.server({"OPENAI_BASE_URL": f"http://127.0.0.1:{self.upstream_port}/v1",
-                            "OPENAI_API_KEY": "bench", "CHIME_MODEL": "bench", "CHIME_MODEL_RETRIES": "0"})
+                            "OPENAI_API_KEY": "bench", "CHIME_MODEL": "bench", "CHIME_MODEL_RETRIES": "0",
+                            **(env or {})})
+
+
+class SwitchedServer(ServerProcess):
+    """The server started through ``bench.serve``, which swaps the model's HTTP client."""
+
+    def start(self, timeout_s: float = 20.0) -> "SwitchedServer":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "bench.serve"], cwd=ROOT,
+                                            env=self.environment(), stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._ready, timeout_s, f"the server on port {self.port} to answer /healthz")
+        return self
 
 
 def stop(server: ServerProcess) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
+import httpx
+
+from bench.arrivals import Arrivals, Submissions
 from bench.clients import Tally, Totals
 from bench.run import UpstreamProcess
-from bench.scenarios import Bench, Replay, Streams
+from bench.scenarios import Bench, Replay, Streams, stop
 
 
 def feed(tally: Tally, seqs: list[int], emitted_ns: int = 1_000, received_ns: int = 3_000) -> None:
@@ -51,3 +55,39 @@ async def test_a_tiny_run_measures_every_token_through_the_real_server() -> None
         assert row["server_us_per_token"] is not None and row["server_peak_rss_mb"] > 0
     for row in rows[3:]:
         assert row["lost"] == 0 and row["failed_streams"] == 0 and row["endings"] == {"done": 1}
+
+
+async def test_arrivals_submit_anonymously_inside_the_measurement_and_count_every_token() -> None:
+    with UpstreamProcess() as upstream, tempfile.TemporaryDirectory() as work:
+        bench = Bench(upstream.port, upstream.process.pid, Path(work))  # type: ignore[union-attr]
+        rows = [row async for row in Arrivals("tiny-arrivals", 4, 10, 100, 20, spread_s=0.1).rows(bench)]
+        rows += [row async for row in Submissions("tiny-submit", 5).rows(bench)]
+    assert [(r["scenario"], r["transport"]) for r in rows] == [
+        ("tiny-arrivals", "sse"), ("tiny-arrivals", "ws"), ("tiny-submit", "http")]
+    for row in rows[:2]:  # every answer made its own user, and every token came, in order, once
+        assert (row["delivered"], row["lost"], row["duplicated"], row["out_of_order"]) == (40, 0, 0, 0)
+        assert row["failed_streams"] == 0 and row["refused_count"] == 0 and row["endings"] == {"done": 4}
+        assert row["p99_ms"] is not None
+        assert row["server_ms_per_setup"] > 0 and row["setup_s"] > 0 and row["arrival_lag_max_ms"] is not None
+        assert row["submit_p50_ms"] is not None
+    submit = rows[2]
+    assert submit["failed_streams"] == 0 and submit["server_ms_per_setup"] > 0
+    assert submit["p50_ms"] is not None and submit["submissions_per_s"] > 0
+
+
+async def test_the_aiohttp_switch_streams_through_the_sdk_client_and_still_ends_a_stall() -> None:
+    with UpstreamProcess() as upstream, tempfile.TemporaryDirectory() as work:
+        bench = Bench(upstream.port, upstream.process.pid, Path(work), ("sse",), http_client="aiohttp")  # type: ignore[union-attr]
+        rows = [row async for row in Streams("tiny", 3, 20, 200, 300).rows(bench)]
+        assert [(r["delivered"], r["lost"], r["failed_streams"]) for r in rows] == [(60, 0, 0)] * 2
+        server = bench.model_server({"CHIME_MODEL_STALL_S": "1"})
+        try:
+            assert "bench.serve" in " ".join(server.process.args)  # type: ignore[union-attr, arg-type]
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+                submitted = (await http.post("/api/chat", json={"message": "bench hold=1"})).json()
+                started = time.monotonic()
+                events = await http.get(submitted["events_url"],
+                                        headers={"Authorization": f"Bearer {submitted['token']}"})
+        finally:
+            stop(server)
+    assert "model_stalled" in events.text and time.monotonic() - started < 10

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from channels.generation import Generations
 from channels.limits import Limits
-from channels.store import NewAnswer, Store
+from channels.store import MessageRecord, NewAnswer, Store
+from llm.base import NO_OPTIONS, ModelOptions
 from llm.context import build_messages
 from settings import Settings
 
@@ -64,36 +65,56 @@ class Answers:
         self.settings = settings
         self._starting: set[asyncio.Task[None]] = set()
 
-    async def submit(self, user_id: str | None, message: str, conversation_id: str | None,
-                     address: str) -> Submitted:
-        """Start an answer to ``message``; raises ``UnknownConversation`` or ``LimitExceeded``."""
-        history = []
-        if conversation_id is not None:
-            conversation = await self.store.get_conversation(conversation_id)
-            if conversation is None or conversation.user_id != user_id:
-                raise UnknownConversation(conversation_id)
-            history = await self.store.messages(conversation_id)
+    async def submit(self, user_id: str | None, message: str, conversation_id: str | None, address: str, *,
+                     create_as: str | None = None, context: list[dict[str, str]] | None = None,
+                     system_prompt: str | None = None, options: ModelOptions = NO_OPTIONS) -> Submitted:
+        """Start an answer to ``message``, stored as the user's turn.
+
+        ``conversation_id`` continues a conversation of the user's (its turns are the
+        model's history); ``create_as`` continues that one if it exists and is the user's,
+        else starts it under that id; with neither, a new conversation starts. ``context``
+        is the model's whole input instead (no stored history, no system prompt);
+        ``system_prompt`` replaces the server's. Raises ``UnknownConversation`` or
+        ``LimitExceeded``.
+        """
+        history: list[MessageRecord] = []
+        existing = conversation_id if conversation_id is not None else create_as
+        new_title: str | None = None
+        if existing is not None:
+            conversation = await self.store.get_conversation(existing)
+            if conversation is None and create_as is not None:
+                new_title = title_for(message)
+            elif conversation is None or conversation.user_id != user_id:
+                raise UnknownConversation(existing)
+            elif context is None:
+                history = await self.store.messages(existing)
+        else:
+            new_title = title_for(message)
         token = new_user = None
         if user_id is None:
             self.limits.admit_new_user(address)
             user_id, token = new_id(), new_token()
             new_user = (user_id, hash_token(token))
-        answer = NewAnswer(channel_id=new_id(), user_id=user_id, conversation_id=conversation_id or new_id(),
+        answer = NewAnswer(channel_id=new_id(), user_id=user_id,
+                           conversation_id=existing if existing is not None else new_id(),
                            model=self.settings.model_name, message=message, new_user=new_user,
-                           new_title=None if conversation_id is not None else title_for(message))
+                           new_title=new_title)
         settings = self.settings
-        messages = build_messages(settings.system_prompt, history, message, settings.history_budget_chars)
-        task = asyncio.get_running_loop().create_task(self._create_and_start(answer, messages),
+        if context is None:
+            prompt = settings.system_prompt if system_prompt is None else system_prompt
+            context = build_messages(prompt, history, message, settings.history_budget_chars)
+        task = asyncio.get_running_loop().create_task(self._create_and_start(answer, context, options),
                                                       name=f"chime-submit-{answer.channel_id}")
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)
         await asyncio.shield(task)
         return Submitted(answer.channel_id, answer.conversation_id, token)
 
-    async def _create_and_start(self, answer: NewAnswer, messages: list[dict[str, str]]) -> None:
+    async def _create_and_start(self, answer: NewAnswer, messages: list[dict[str, str]],
+                                options: ModelOptions) -> None:
         with self.limits.admit(answer.user_id):
             await self.store.create_answer(answer)
-            self.generations.start(answer.channel_id, answer.user_id, messages)
+            self.generations.start(answer.channel_id, answer.user_id, messages, options)
 
     async def settle(self) -> None:
         """Wait for submissions under way (on stop, before the generations are shut down)."""

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from channels.events import CANCELLED, DELTA, DONE, ERROR, INTERRUPTED, USAGE
 from channels.store import ChannelClosed, Store, UnknownChannel
-from llm.base import ModelError, Provider
+from llm.base import NO_OPTIONS, ModelError, ModelOptions, Provider
 from channels.presence import Presence
 
 log = logging.getLogger("chime.generation")
@@ -74,9 +74,10 @@ class Generations:
 
     # ---- starting and stopping -------------------------------------------
 
-    def start(self, channel: str, user_id: str, messages: list[dict[str, str]]) -> None:
+    def start(self, channel: str, user_id: str, messages: list[dict[str, str]],
+              options: ModelOptions = NO_OPTIONS) -> None:
         task = asyncio.get_running_loop().create_task(
-            self._run(channel, user_id, messages), name=f"chime-generation-{channel}")
+            self._run(channel, user_id, messages, options), name=f"chime-generation-{channel}")
         self._tasks[channel] = task
         self._owners[channel] = user_id
         task.add_done_callback(lambda _: self._forget(channel))
@@ -181,10 +182,11 @@ class Generations:
 
     # ---- the work --------------------------------------------------------
 
-    async def _run(self, channel: str, user_id: str, messages: list[dict[str, str]]) -> None:
+    async def _run(self, channel: str, user_id: str, messages: list[dict[str, str]],
+                   options: ModelOptions) -> None:
         try:
             async with asyncio.timeout(self.max_answer_s):
-                finish_reason = await self._stream(channel, messages)
+                finish_reason = await self._stream(channel, messages, options)
         except asyncio.CancelledError:
             if self._stop_reasons.get(channel) == INTERRUPTED:
                 await self.finish(channel, user_id, INTERRUPTED, {"reason": SHUTDOWN_REASON})
@@ -208,12 +210,12 @@ class Generations:
             return
         await self.finish(channel, user_id, DONE, {"finish_reason": finish_reason})
 
-    async def _stream(self, channel: str, messages: list[dict[str, str]]) -> str:
+    async def _stream(self, channel: str, messages: list[dict[str, str]], options: ModelOptions) -> str:
         """The model's stream into the channel; its finish reason. Raises ``AnswerLimit`` past
         ``max_answer_chars``, after appending the answer up to exactly that many characters."""
         finish_reason = "stop"
         room = self.max_answer_chars
-        stream = self.provider.stream(messages)
+        stream = self.provider.stream(messages, options)
         try:
             async for chunk in stream:
                 # Queued, not awaited: a token still reaches no reader before its commit,

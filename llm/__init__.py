@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from llm.base import Chunk, ModelError, Provider
+from llm.base import NO_OPTIONS, Chunk, ModelError, ModelOptions, Provider
 from llm.demo import DemoProvider
 from settings import Settings
 
-__all__ = ["Chunk", "ModelError", "Provider", "make_provider"]
+__all__ = ["NO_OPTIONS", "Chunk", "ModelError", "ModelOptions", "Provider", "make_provider"]
 
 
 def make_provider(settings: Settings) -> Provider:

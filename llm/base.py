@@ -15,6 +15,17 @@ class Chunk:
     finish_reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ModelOptions:
+    """Per-answer settings a client asked for; None keeps the server's own."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+NO_OPTIONS = ModelOptions()
+
+
 class ModelError(Exception):
     """A failure the user should read: ``code`` and ``message`` go into the ``error`` event.
 
@@ -31,7 +42,7 @@ class ModelError(Exception):
 class Provider(Protocol):
     name: str
 
-    def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[Chunk]:
+    def stream(self, messages: list[dict[str, str]], options: ModelOptions = NO_OPTIONS) -> AsyncIterator[Chunk]:
         """Stream the answer to ``messages`` (OpenAI chat format, system prompt first).
 
         Closing the iterator (or cancelling its consumer) must close the

@@ -7,7 +7,7 @@ import hashlib
 import re
 from typing import AsyncIterator
 
-from llm.base import Chunk
+from llm.base import NO_OPTIONS, Chunk, ModelOptions
 
 _OPENINGS = (
     "Here is what the offline demo model can tell you.",
@@ -56,16 +56,20 @@ class DemoProvider:
     def __init__(self, delay_ms: float = 30.0):
         self.delay_s = delay_ms / 1000
 
-    async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[Chunk]:
+    async def stream(self, messages: list[dict[str, str]], options: ModelOptions = NO_OPTIONS
+                     ) -> AsyncIterator[Chunk]:
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         tokens = demo_tokens(question)
+        finish_reason = "stop"
+        if options.max_tokens is not None and len(tokens) > options.max_tokens:
+            tokens, finish_reason = tokens[:options.max_tokens], "length"
         for token in tokens:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)  # the demo's pacing, like a real model's
             yield Chunk(content=token)
         prompt_tokens = sum(len(m["content"].split()) for m in messages)
         yield Chunk(usage={"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens),
-                           "total_tokens": prompt_tokens + len(tokens)}, finish_reason="stop")
+                           "total_tokens": prompt_tokens + len(tokens)}, finish_reason=finish_reason)
 
     async def close(self) -> None:
         return None

@@ -34,7 +34,7 @@ import httpx2
 import openai
 import orjson
 
-from llm.base import Chunk, ModelError
+from llm.base import NO_OPTIONS, Chunk, ModelError, ModelOptions
 from llm.http11 import LeanBody, LeanTransport
 from retry_after import parse_retry_after
 from settings import Settings
@@ -93,7 +93,8 @@ class OpenAIProvider:
     async def close(self) -> None:
         await self.client.close()
 
-    async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[Chunk]:
+    async def stream(self, messages: list[dict[str, str]], options: ModelOptions = NO_OPTIONS
+                     ) -> AsyncIterator[Chunk]:
         """Stream the answer; retry only while nothing has been yielded.
 
         Closing this iterator (or cancelling its consumer) closes the HTTP
@@ -107,7 +108,7 @@ class OpenAIProvider:
         while True:
             produced = False
             try:
-                async for chunk in self._stream_once(messages, deadline):
+                async for chunk in self._stream_once(messages, options, deadline):
                     produced = True
                     yield chunk
                 return
@@ -128,7 +129,8 @@ class OpenAIProvider:
 
     # ---- one request -----------------------------------------------------
 
-    async def _stream_once(self, messages: list[dict[str, str]], deadline: float) -> AsyncIterator[Chunk]:
+    async def _stream_once(self, messages: list[dict[str, str]], options: ModelOptions,
+                           deadline: float) -> AsyncIterator[Chunk]:
         """One request. ``deadline`` (event-loop time) ends it with ``model_stalled`` unless a
         complete event carrying something arrives first; each one moves it ``stall_s`` on."""
         loop = asyncio.get_running_loop()
@@ -136,7 +138,7 @@ class OpenAIProvider:
             scope = asyncio.timeout_at(deadline)  # connecting, sending, the response head: one timer
             try:
                 async with scope:
-                    response = await request.enter_async_context(self._request(messages))
+                    response = await request.enter_async_context(self._request(messages, options))
             except TimeoutError:
                 if not scope.expired():
                     raise
@@ -176,15 +178,18 @@ class OpenAIProvider:
                                  "was complete.", retryable=True)
 
     @asynccontextmanager
-    async def _request(self, messages: list[dict[str, str]]) -> AsyncIterator[Any]:
-        options: dict[str, Any] = {}
-        if self.temperature is not None:
-            options["temperature"] = self.temperature
-        if self.max_tokens is not None:
-            options["max_tokens"] = self.max_tokens
+    async def _request(self, messages: list[dict[str, str]], options: ModelOptions) -> AsyncIterator[Any]:
+        """The request, with the answer's own temperature and token limit where its client gave them."""
+        extra: dict[str, Any] = {}
+        temperature = options.temperature if options.temperature is not None else self.temperature
+        max_tokens = options.max_tokens if options.max_tokens is not None else self.max_tokens
+        if temperature is not None:
+            extra["temperature"] = temperature
+        if max_tokens is not None:
+            extra["max_tokens"] = max_tokens
         async with self.client.chat.completions.with_streaming_response.create(
                 model=self.model, messages=messages, stream=True,  # type: ignore[arg-type]
-                stream_options={"include_usage": True}, **options) as response:
+                stream_options={"include_usage": True}, **extra) as response:
             yield response
 
     def _chunk(self, payload: bytes) -> Chunk | None:

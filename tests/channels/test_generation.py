@@ -31,7 +31,7 @@ class ScriptedProvider:
         self.closed = 0
         self.seen: list[list[dict[str, str]]] = []
 
-    async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[Chunk]:
+    async def stream(self, messages: list[dict[str, str]], options: Any = None) -> AsyncIterator[Chunk]:
         self.seen.append(messages)
         try:
             for chunk in self.chunks:
@@ -214,7 +214,7 @@ class EndlessProvider:
         self.piece = piece
         self.closed = 0
 
-    async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[Chunk]:
+    async def stream(self, messages: list[dict[str, str]], options: Any = None) -> AsyncIterator[Chunk]:
         try:
             while True:
                 yield Chunk(self.piece)

@@ -6,19 +6,24 @@ process (fan-out and presence live in its memory).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import errno
 import gc
 import logging
 import os
 import resource
 import signal
+import socket
 import sys
 import threading
+from pathlib import Path
 from types import SimpleNamespace
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from sanic import Sanic
 
+import backup
 import errors
 from channels.answers import Answers
 from channels.generation import Generations
@@ -202,19 +207,153 @@ def configure_logging(level: str) -> None:
     log.propagate = False
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python app.py`` serves; ``backup PATH`` and ``restore PATH`` work on CHIME_DATA_DIR's data."""
+    args = _parse_arguments(sys.argv[1:] if argv is None else argv)
+    if args.command == "backup":
+        raise SystemExit(_backup(data_dir_from_env(), Path(args.path)))
+    if args.command == "restore":
+        raise SystemExit(_restore(data_dir_from_env(), Path(args.path)))
     try:
         settings = Settings.from_env()
-    except SettingsError as exc:
+        data_dir_lock = check_can_serve(settings)
+    except (SettingsError, StartupError) as exc:
         print(f"chime: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure_logging(settings.log_level)
-    raise_open_files_limit()
-    app = create_app(settings)
-    app.ctx.owns_process = True  # stopping may ignore further signals and end the process if stuck
-    tune_garbage_collector()
-    app.run(host=settings.host, port=settings.port, single_process=True, access_log=False, motd=False,
-            backlog=LISTEN_BACKLOG, protocol=DeadlineProtocol)
+    try:
+        configure_logging(settings.log_level)
+        raise_open_files_limit()
+        app = create_app(settings)
+        app.ctx.owns_process = True  # stopping may ignore further signals and end the process if stuck
+        tune_garbage_collector()
+        app.run(host=settings.host, port=settings.port, single_process=True, access_log=False, motd=False,
+                backlog=LISTEN_BACKLOG, protocol=DeadlineProtocol)
+    finally:
+        data_dir_lock.release()
+
+
+class StartupError(Exception):
+    """The machine will not let the server run as configured; the message says what to fix."""
+
+
+def _parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python app.py", description="Chime: durable streaming of AI chat "
+                                     "answers. With no command, serves (configured by the environment).")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("backup", help="copy the database and VAPID key of CHIME_DATA_DIR, even while the "
+                        "server runs").add_argument("path", help="a new or empty directory for the copy")
+    commands.add_parser("restore", help="put a backup into CHIME_DATA_DIR; the server must be stopped"
+                        ).add_argument("path", help="a directory made by backup, or a chime.sqlite3 file")
+    return parser.parse_args(list(argv))
+
+
+def data_dir_from_env() -> Path:
+    """CHIME_DATA_DIR alone: a backup must not wait on a model setting being right."""
+    raw = os.environ.get("CHIME_DATA_DIR", "").strip()
+    return Path(raw) if raw else Settings().data_dir
+
+
+def _backup(data_dir: Path, destination: Path) -> int:
+    try:
+        contents = backup.backup(data_dir, destination)
+    except (backup.OperatorError, OSError) as exc:
+        print(f"chime: backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"chime: backed up {contents.describe()} from {data_dir.resolve()} to {destination.resolve()}")
+    return 0
+
+
+def _restore(data_dir: Path, source: Path) -> int:
+    try:
+        contents, kept = backup.restore(data_dir, source)
+    except (backup.OperatorError, OSError) as exc:
+        print(f"chime: restore refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"chime: restored {contents.describe()} from {source.resolve()} into {data_dir.resolve()}")
+    if kept:
+        print(f"chime: what it replaced is kept as {', '.join(str(path) for path in kept)}")
+    if contents.running:
+        print("chime: answers that were running at backup time end as interrupted when the server starts")
+    return 0
+
+
+def check_can_serve(settings: Settings) -> backup.DataDirLock:
+    """What would otherwise fail after start, with a traceback or not at all, checked before it.
+
+    Returns the data directory's lock, held for as long as the server runs.
+    """
+    check_data_dir(settings.data_dir)
+    try:
+        data_dir_lock = backup.DataDirLock.acquire(settings.data_dir)
+    except backup.DataDirBusy as exc:
+        raise StartupError(f"{exc}: another server already runs on this CHIME_DATA_DIR; stop it "
+                           "or give this one its own") from None
+    except OSError as exc:
+        raise StartupError(_data_dir_problem(settings.data_dir, exc)) from None
+    try:
+        check_listen_address(settings.host, settings.port)
+    except StartupError:
+        data_dir_lock.release()
+        raise
+    return data_dir_lock
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Create the data directory and write a file in it, as the database and key will."""
+    probe = data_dir / f".chime-write-check-{os.getpid()}"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(descriptor, b"chime")
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(_data_dir_problem(data_dir, exc)) from None
+
+
+def _data_dir_problem(data_dir: Path, exc: OSError) -> str:
+    where = f" ({data_dir.absolute()})" if not data_dir.is_absolute() else ""
+    culprit = f" at {exc.filename}" if exc.filename and Path(exc.filename) != data_dir else ""
+    return (f"CHIME_DATA_DIR={str(data_dir)!r}{where} cannot be used: {exc.strerror or exc}{culprit}; "
+            "point it at a directory this user can create and write")
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Bind every address Sanic will bind (as asyncio's create_server does), then let go at once."""
+    try:
+        addresses = {(info[0], info[4]) for info in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)}
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise StartupError(f"CHIME_HOST={host!r} is not an address of this machine ({reason}); use one "
+                           "of its addresses, 127.0.0.1 for this machine only, or 0.0.0.0 for all") from None
+    for family, address in addresses:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As the server's own socket will: a port whose last connections linger in TIME_WAIT
+            # after a restart is free to listen on.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise StartupError(_listen_problem(host, port, exc)) from None
+
+
+def _listen_problem(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (f"CHIME_PORT={port} is already in use on {host}: stop what listens there or choose "
+                "another CHIME_PORT")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (f"CHIME_HOST={host!r} is not an address of this machine ({exc.strerror}); use one of its "
+                "addresses, 127.0.0.1 for this machine only, or 0.0.0.0 for all")
+    if exc.errno == errno.EACCES:
+        return (f"CHIME_PORT={port} needs privileges this user lacks: choose a port above 1023 and put a "
+                "reverse proxy in front (see the README)")
+    return f"cannot listen on {host}:{port} ({exc.strerror or exc}): check CHIME_HOST and CHIME_PORT"
 
 
 def tune_garbage_collector() -> None:

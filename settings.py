@@ -11,8 +11,12 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 DEMO_MODEL = "demo"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# OpenAI documents 0 to 2; a value outside is refused by the endpoint on every answer.
+TEMPERATURE_RANGE = (0.0, 2.0)
 
 
 class SettingsError(ValueError):
@@ -124,6 +128,38 @@ class Settings:
             raise SettingsError("CHIME_PUSH_RETRIES must be at most 10")
         if self.push_ttl_s < 3_600:
             raise SettingsError("CHIME_PUSH_TTL_S must be at least 3600 (one hour)")
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"CHIME_LOG_LEVEL={self.log_level.lower()!r} must be one of "
+                                f"{', '.join(LOG_LEVELS)}")
+        self._validate_model()
+
+    def _validate_model(self) -> None:
+        """The model settings an answer would otherwise fail on, refused at start instead."""
+        if self.openai_base_url is not None:
+            _check_base_url(self.openai_base_url)
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            raise SettingsError(f"CHIME_MAX_TOKENS={self.max_tokens} must be greater than 0 (or unset)")
+        low, high = TEMPERATURE_RANGE
+        if self.temperature is not None and not low <= self.temperature <= high:
+            raise SettingsError(f"CHIME_TEMPERATURE={self.temperature:g} must be from {low:g} to {high:g} "
+                                "(or unset)")
+        # Refused rather than silently answered by the demo: an operator who names a model
+        # expects it to answer, and a demo reply that looks like the model's would mislead.
+        if self.uses_demo_model and self.model not in ("", DEMO_MODEL):
+            raise SettingsError(
+                f"CHIME_MODEL={self.model!r} needs a model endpoint: set OPENAI_BASE_URL (e.g. "
+                "http://localhost:11434/v1 for Ollama) or OPENAI_API_KEY; without either the offline "
+                "demo model answers, and CHIME_MODEL must be unset or 'demo'")
+
+
+def _check_base_url(raw: str) -> None:
+    parts = urlsplit(raw)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return
+    bare = raw.split("://", 1)[-1].strip("/") or "localhost:11434"
+    suggestion = f"http://{bare}" if "/" in bare else f"http://{bare}/v1"
+    raise SettingsError(f"OPENAI_BASE_URL={raw!r} must be an http:// or https:// URL, "
+                        f"e.g. {suggestion}")
 
 
 def _bool(raw: str) -> bool:

@@ -36,7 +36,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("wall_s", "wall s", "{:.1f}"),
     ("setup_s", "setup s", "{:.1f}"),
     ("server_ms_per_setup", "srv ms/setup", "{:.2f}"),
-    ("net_ms_per_submission", "net ms/sub", "{:.2f}"),
+    ("attach_p99_ms", "attach p99 ms", "{:.0f}"),
     ("arrival_lag_max_ms", "lag ms", "{:.1f}"),
 )
 

@@ -69,9 +69,10 @@ async def test_arrivals_submit_anonymously_inside_the_measurement_and_count_ever
         assert row["failed_streams"] == 0 and row["refused_count"] == 0 and row["endings"] == {"done": 4}
         assert row["p99_ms"] is not None
         assert row["server_ms_per_setup"] > 0 and row["setup_s"] > 0 and row["arrival_lag_max_ms"] is not None
-        assert row["submit_p50_ms"] is not None
+        assert row["submit_p50_ms"] is not None and row["attach_p99_ms"] >= row["submit_p50_ms"] - 1e-9
+        assert row["replayed"] == 0  # the client was there first: a late token is late, never a replay
     submit = rows[2]
-    assert submit["failed_streams"] == 0 and submit["server_ms_per_setup"] > 0
+    assert submit["failed_streams"] == 0 and submit["server_ms_per_setup"] is not None  # 5 may round to 0 ticks
     assert submit["p50_ms"] is not None and submit["submissions_per_s"] > 0
 
 

@@ -116,3 +116,31 @@ def test_the_public_deployment_settings_are_read_and_checked() -> None:
 def test_bad_public_deployment_settings_say_what_to_fix(var: str, raw: str, says: str) -> None:
     with pytest.raises(SettingsError, match=says):
         Settings.from_env({var: raw})
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"CHIME_LOG_LEVEL": "verbose"}, "CHIME_LOG_LEVEL='verbose' must be one of DEBUG, INFO, WARNING, ERROR"),
+    ({"OPENAI_BASE_URL": "localhost:11434"}, "e.g. http://localhost:11434/v1"),
+    ({"OPENAI_BASE_URL": "localhost:8080/v1"}, "e.g. http://localhost:8080/v1"),
+    ({"OPENAI_BASE_URL": "ftp://models.example.com/v1"}, "OPENAI_BASE_URL"),
+    ({"OPENAI_BASE_URL": "http://"}, "OPENAI_BASE_URL"),
+    ({"CHIME_MAX_TOKENS": "-5"}, "CHIME_MAX_TOKENS=-5 must be greater than 0"),
+    ({"CHIME_MAX_TOKENS": "0"}, "CHIME_MAX_TOKENS"),
+    ({"CHIME_TEMPERATURE": "5"}, "CHIME_TEMPERATURE=5 must be from 0 to 2"),
+    ({"CHIME_TEMPERATURE": "-0.1"}, "CHIME_TEMPERATURE"),
+    ({"CHIME_MODEL": "llama3.2"}, "offline demo model answers"),
+])
+def test_model_settings_that_would_fail_every_answer_are_refused_at_start(env: dict[str, str], says: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env(env)
+    assert says in str(error.value)
+
+
+def test_the_model_settings_at_their_limits_are_accepted() -> None:
+    settings = Settings.from_env({"OPENAI_BASE_URL": "https://models.example.com/v1", "CHIME_MODEL": "llama3.2",
+                                  "CHIME_TEMPERATURE": "2", "CHIME_MAX_TOKENS": "1", "CHIME_LOG_LEVEL": "error"})
+    assert (settings.temperature, settings.max_tokens, settings.log_level) == (2, 1, "ERROR")
+    assert Settings.from_env({"CHIME_TEMPERATURE": "0"}).temperature == 0
+    # The offline demo may be named; any other name needs an endpoint.
+    assert Settings.from_env({"CHIME_MODEL": "demo"}).model_name == "demo"
+    assert Settings.from_env({"OPENAI_API_KEY": "sk-x", "CHIME_MODEL": "gpt-4o"}).model_name == "gpt-4o"

@@ -29,7 +29,7 @@ from channels.answers import Answers
 from channels.generation import Generations
 from channels.hub import Hub
 from channels.limits import Limits
-from channels.sqlite_store import SQLiteStore
+from channels.sqlite import SQLiteStore
 from llm import make_provider
 from metrics import Metrics
 from notify import service as notify

@@ -411,7 +411,7 @@ class Replay:
 
 async def _stored_channel(data_dir: Path, events: int) -> tuple[str, str]:
     """Write a finished channel of ``events`` events straight into a fresh store."""
-    from channels.sqlite_store import SQLiteStore
+    from channels.sqlite import SQLiteStore
     from routes.auth import hash_token, new_id
 
     store = SQLiteStore(data_dir / "chime.sqlite3")

@@ -1,30 +1,11 @@
-"""The storage seam: every durable fact of Chime goes through a ``Store``.
+"""The storage seams: every durable fact of Chime goes through an ``EventLog`` or ``Records``.
 
-Contract, for every implementation (``tests/channels/test_store_contract.py``
-runs the same suite against each):
-
-- A channel's events have ids 1..n with no gaps, whatever the concurrency of
-  appends; the ``meta`` event is id 1, written in the same transaction as the
-  channel by ``create_channel`` or ``create_answer``: no channel exists without it.
-- ``append`` returns only once the event is durable (committed). Only then may
-  readers be told of it: the store calls its ``on_commit`` callback with each
-  committed batch, after the commit and never before.
-  ``append(..., wait=False)`` (never for a terminal event) may return once the
-  event is queued with its id taken, so a fast model is not held to one commit
-  a token; it is still committed in order before any reader hears of it. If
-  that commit fails, the channel's queued events are dropped (ids stay gapless)
-  and the channel's next ``append`` raises the failure. A store may always wait.
-- A channel ends with exactly one terminal event, its last: appending after a
-  terminal event raises ``ChannelClosed``. The terminal event's commit also sets
-  the channel's status and ``finished_at`` and stores the joined answer as the
-  conversation's assistant message. The store keeps nothing in memory that
-  grows with an answer's length: the joined answer comes from the stored deltas.
-- ``read_after(channel, after)`` returns committed events with ``id > after``
-  in id order.
-- No call waits without end: one that cannot be served in time (the database
-  locked by another process, a restarting writer, a failover) raises
-  ``StoreUnavailable`` within seconds, and a write refused that way never
-  lands later.
+A backend (``channels.sqlite.SQLiteStore`` now) implements both as one ``Store``,
+opened once; ``tests/channels/test_*_contract.py`` run the same suites against
+each. For every call of either seam: no call waits without end. One that cannot
+be served in time (the database locked by another process, a restarting writer,
+a failover) raises ``StoreUnavailable`` within seconds, and a write refused that
+way never lands later.
 """
 
 from __future__ import annotations
@@ -96,7 +77,7 @@ class MessageRecord:
 
 @dataclass(frozen=True)
 class NewAnswer:
-    """Everything one submission creates, written by ``Store.create_answer`` in one transaction.
+    """Everything one submission creates, written by ``Records.create_answer`` in one transaction.
 
     ``new_user`` is ``(user_id, token_hash)`` when the submission makes its user;
     ``new_title`` is set when it starts the conversation ``conversation_id``.
@@ -120,19 +101,61 @@ class PushSubscription:
     created_at: str
 
 
-class Store(Protocol):
-    """Durable storage of users, conversations, channels, events and push subscriptions."""
+
+class EventLog(Protocol):
+    """The append-only log of every channel: ids, durability, the one terminal event.
+
+    Contract, for every implementation (``tests/channels/test_log_contract.py``):
+
+    - A channel's events have ids 1..n with no gaps, whatever the concurrency of
+      appends; the ``meta`` event is id 1, written in the same transaction as the
+      channel by ``create_channel`` or ``Records.create_answer``: no channel exists
+      without it.
+    - ``append`` returns only once the event is durable (committed). Only then may
+      readers be told of it: the log calls its ``on_commit`` callback with each
+      committed batch, after the commit and never before.
+      ``append(..., wait=False)`` (never for a terminal event) may return once the
+      event is queued with its id taken, so a fast model is not held to one commit
+      a token; it is still committed in order before any reader hears of it. If
+      that commit fails, the channel's queued events are dropped (ids stay gapless)
+      and the channel's next ``append`` raises the failure. A log may always wait.
+    - A channel ends with exactly one terminal event, its last: appending it is how
+      a channel is finished, and appending after it raises ``ChannelClosed``. The
+      terminal event's commit also sets the channel's status and ``finished_at``
+      and stores the joined answer as the conversation's assistant message. The
+      log keeps nothing in memory that grows with an answer's length: the joined
+      answer comes from the stored deltas.
+    - ``read_after(channel, after)`` returns committed events with ``id > after``
+      in id order.
+    """
 
     on_commit: CommitListener | None
     commits: int           # transactions that appended events, since open (group commit: far fewer than events)
     committed_events: int  # events those transactions appended
 
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def writable(self) -> bool:
-        """Whether a write could be made now, answered within seconds; cheap enough for a
-        flood of health checks (the answer may be a second or two old)."""
+    async def create_channel(self, channel_id: str, user_id: str, conversation_id: str, model: str) -> Event:
+        """Create a running channel and append its ``meta`` event (id 1)."""
         ...
+    async def append(self, channel_id: str, type: str, data: dict[str, Any], *, wait: bool = True) -> Event: ...
+    async def read_after(self, channel_id: str, after: int, limit: int = 1000) -> list[Event]: ...
+    async def get_channel(self, channel_id: str) -> ChannelRecord | None:
+        """The channel's record, its last event id included; None when there is no such channel."""
+        ...
+    async def channel_content(self, channel_id: str) -> str:
+        """Every committed delta of the channel so far, joined."""
+        ...
+    async def running_channels(self) -> list[str]:
+        """The channels without their terminal event yet."""
+        ...
+
+
+class Records(Protocol):
+    """Users, conversations with their messages, and push subscriptions.
+
+    Contract, for every implementation (``tests/channels/test_records_contract.py``):
+    a write is durable when its call returns; what a call changes together lands
+    together or not at all.
+    """
 
     # Users
     async def create_user(self, user_id: str, token_hash: str) -> None: ...
@@ -143,28 +166,20 @@ class Store(Protocol):
     async def get_conversation(self, conversation_id: str) -> ConversationRecord | None: ...
     async def list_conversations(self, user_id: str) -> list[ConversationRecord]: ...
     async def delete_conversation(self, conversation_id: str) -> list[str]:
-        """Delete a conversation with its messages, channels and events; returns the channel ids."""
+        """Delete a conversation with its messages, channels and events; returns the channel ids.
+        An append to one of them from then on raises ``UnknownChannel`` or ``ChannelClosed``."""
         ...
     async def add_turn(self, conversation_id: str, user_message: str, channel_id: str) -> None:
         """Record the user's message and a running assistant message tied to ``channel_id``;
         moves the conversation to the top of its owner's list."""
         ...
     async def messages(self, conversation_id: str) -> list[MessageRecord]: ...
-
-    # Channels and events
-    async def create_channel(self, channel_id: str, user_id: str, conversation_id: str, model: str) -> Event:
-        """Create a running channel and append its ``meta`` event (id 1)."""
-        ...
     async def create_answer(self, answer: NewAnswer) -> Event:
         """All of a submission in one transaction: the user and conversation when new, the
-        running channel with its ``meta`` event (id 1), and the turn. Nothing of it exists
-        if this raises; returns the ``meta`` event."""
+        running channel with its ``meta`` event (id 1, the log's ``create_channel``), and the
+        turn. Nothing of it exists if this raises; returns the ``meta`` event, told to the
+        log's ``on_commit`` like any commit."""
         ...
-    async def get_channel(self, channel_id: str) -> ChannelRecord | None: ...
-    async def append(self, channel_id: str, type: str, data: dict[str, Any], *, wait: bool = True) -> Event: ...
-    async def read_after(self, channel_id: str, after: int, limit: int = 1000) -> list[Event]: ...
-    async def channel_content(self, channel_id: str) -> str: ...
-    async def running_channels(self) -> list[str]: ...
 
     # Push subscriptions
     async def save_subscription(self, user_id: str, endpoint: str, p256dh: str, auth: str) -> None:
@@ -172,3 +187,14 @@ class Store(Protocol):
         ...
     async def delete_subscription(self, endpoint: str, user_id: str | None = None) -> bool: ...
     async def subscriptions_for(self, user_id: str) -> list[PushSubscription]: ...
+
+
+class Store(EventLog, Records, Protocol):
+    """One backend: both seams over the same storage, opened and closed once."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def writable(self) -> bool:
+        """Whether a write could be made now, answered within seconds; cheap enough for a
+        flood of health checks (the answer may be a second or two old)."""
+        ...

@@ -8,7 +8,7 @@ from typing import AsyncIterator
 import pytest
 
 from channels.hub import Hub
-from channels.sqlite_store import SQLiteStore
+from channels.sqlite import SQLiteStore
 from channels.store import Store
 from tests.channels.stores import STORE_KINDS, StoreKind
 

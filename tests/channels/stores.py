@@ -1,4 +1,4 @@
-"""Every ``Store`` implementation the contract suite runs against.
+"""Every ``Store`` implementation the contract suites run against.
 
 A kind knows how to open a store at a location (the same location again means
 the same data) and how to list a channel's committed event ids through a
@@ -11,10 +11,11 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from channels.sqlite_store import SQLiteStore
+from channels.sqlite import SQLiteStore
 from channels.store import Store
 
 
@@ -62,3 +63,11 @@ async def new_channel(store: Store, user: str | None = None, conversation: str |
     await store.create_channel(channel, user, conversation, "demo")
     await store.add_turn(conversation, "the question", channel)
     return channel
+
+
+def is_utc_iso(value: str | None) -> bool:
+    """Whether ``value`` is an ISO 8601 time in UTC, as every stored time must be."""
+    if value is None:
+        return False
+    offset = datetime.fromisoformat(value.replace("Z", "+00:00")).utcoffset()
+    return offset is not None and offset.total_seconds() == 0

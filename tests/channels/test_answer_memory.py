@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 
 from channels.events import DELTA, DONE
-from channels.sqlite_store import SQLiteStore
+from channels.sqlite import SQLiteStore
 from channels.store import ChannelClosed, UnknownChannel
 from tests.channels.stores import new_channel, new_id, new_user
 

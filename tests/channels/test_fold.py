@@ -6,8 +6,10 @@ import sqlite3
 from pathlib import Path
 
 from channels.events import DELTA, DONE
-from channels.sqlite_store import MIGRATIONS, SQL_LAST_ID, SQL_READ_AFTER, SQLiteStore
-from channels.sqlite_writer import Writer, connect
+from channels.sqlite import SQLiteStore
+from channels.sqlite.log import SQL_LAST_ID, SQL_READ_AFTER
+from channels.sqlite.schema import MIGRATIONS
+from channels.sqlite.writer import Writer, connect
 from tests.channels.stores import new_channel
 from tests.support.waiting import async_wait_until
 

@@ -7,7 +7,7 @@ import asyncio
 from channels.events import DELTA, DONE, Event
 from channels.hub import Hub
 from channels.reader import replay_then_live
-from channels.sqlite_store import SQLiteStore
+from channels.sqlite import SQLiteStore
 from tests.channels.stores import new_channel
 from tests.support.waiting import async_wait_until
 

@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator, Sequence
 import pytest
 
 from channels.generation import Completion, Generations
-from channels.sqlite_store import SQLiteStore
+from channels.sqlite import SQLiteStore
 from llm.base import Chunk, ModelError
 from channels.presence import Presence
 from tests.support.waiting import async_wait_until

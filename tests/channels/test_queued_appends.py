@@ -9,7 +9,7 @@ from typing import Sequence
 import pytest
 
 from channels.events import DELTA, DONE, USAGE, Event
-from channels.sqlite_store import SQLiteStore
+from channels.sqlite import SQLiteStore
 from channels.store import Store
 from tests.channels.stores import StoreKind, new_channel, new_id, new_user
 

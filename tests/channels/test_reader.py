@@ -11,7 +11,7 @@ import channels.hub as hub_module
 from channels.events import DELTA, DONE, Event
 from channels.hub import Hub
 from channels.reader import read_once, replay_then_live
-from channels.sqlite_store import SQLiteStore
+from channels.sqlite import SQLiteStore
 from tests.channels.stores import new_channel
 
 DEADLINE_S = 10.0

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from channels.events import DELTA, DONE
-from channels.sqlite_store import SQLiteStore
+from channels.sqlite import SQLiteStore
 from tests.channels.stores import new_channel
 
 WAL_LIMIT_BYTES = 512 * 1024

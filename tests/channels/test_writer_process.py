@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from channels.events import DELTA, DONE
-from channels.sqlite_store import SQLiteStore
-from channels.sqlite_writer import WriterGone
+from channels.sqlite import SQLiteStore
+from channels.sqlite.writer import WriterGone
 from channels.store import NewAnswer, StoreUnavailable
 from tests.channels.stores import new_channel, new_id, new_user
 from tests.support.waiting import async_wait_until

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from channels.generation import Completion
-from channels.sqlite_store import SQLiteStore
+from channels.sqlite import SQLiteStore
 from channels.store import PushSubscription
 from metrics import Metrics
 from notify.notifier import (

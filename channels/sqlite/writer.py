@@ -15,7 +15,9 @@ so a caller that gave up never has its write land later. The child exits when th
 dies: nothing else stops it, so a ``SIGINT``/``SIGTERM`` meant for the server
 cannot cut a write short while the server still finishes its streams.
 
-Run as ``python -m channels.sqlite_writer DATABASE WAL_LIMIT_BYTES FD FOLD_ROWS FOLD_AFTER_S``.
+Both ends of that pipe live here: ``WriterProcess`` in the server, ``serve`` in
+the child, which runs as ``python -m channels.sqlite DATABASE WAL_LIMIT_BYTES FD
+FOLD_ROWS FOLD_AFTER_S`` (``channels/sqlite/__main__.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import pickle
 import select
 import signal
@@ -37,11 +38,12 @@ from typing import Any, Sequence, cast
 import orjson
 
 from channels.events import TERMINAL_TYPES, USAGE
+from channels.sqlite.schema import BUSY_TIMEOUT_MS, PRAGMAS, secure_files
 from channels.store import StoreUnavailable, utc_now
 
 log = logging.getLogger("chime.store")
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HEADER_BYTES = 4
 # Events wait in ``recent_events`` until this many are there, or the oldest has waited
 # this long and no request is waiting: then they are folded into ``events``.
@@ -51,27 +53,13 @@ FOLD_AFTER_S = 1.0
 FOLD_PIECES = 4
 # How long ``close`` waits for the child to finish its last transaction and exit.
 EXIT_TIMEOUT_S = 10.0
-# How long a connection waits for another's lock (another process writing, a backup).
-# Shorter than any caller's deadline, so a locked database is a refusal, never a hang.
-BUSY_TIMEOUT_MS = 2000
 # How long past its deadline a caller still waits for the reply of a request the writer
 # had already started: its lock wait and its statements. Past it the writer is stuck.
 REPLY_GRACE_S = BUSY_TIMEOUT_MS / 1000 + 1.0
 # A migration may rewrite a large database: it is not held to a request's deadline.
 MIGRATE_DEADLINE_S = 600.0
-# The database and the -wal and -shm files SQLite makes beside it (with the database's mode).
-FILE_MODE = 0o600
 # SQLite's primary result codes for "another connection holds the lock".
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
-
-PRAGMAS = (
-    "PRAGMA journal_mode = WAL",
-    # NORMAL in WAL mode: a commit survives a crash of the process; only a
-    # power loss can take back the last transactions.
-    "PRAGMA synchronous = NORMAL",
-    "PRAGMA foreign_keys = ON",
-    f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
-)
 
 # A channel's events are in ``events`` once folded, and in ``recent_events`` until then.
 SQL_DELTAS = """
@@ -88,31 +76,11 @@ SQL_FINISH_CHANNEL = "UPDATE channels SET status = ?, finished_at = ? WHERE id =
 SQL_FINISH_MESSAGE = "UPDATE messages SET content = ?, status = ? WHERE channel = ? AND role = 'assistant'"
 
 EventRow = tuple[str, int, str, bytes]  # channel, id, type, data
+Request = tuple[str, float | None, tuple[Any, ...]]  # operation, deadline, args
 
 
 class WriterGone(StoreUnavailable):
     """The writer process exited; what it was sent has an unknown outcome."""
-
-
-def secure_files(path: Path | str) -> None:
-    """The database and its -wal and -shm readable by their owner only, made so before SQLite opens it.
-
-    SQLite creates the -wal and -shm files with the database file's mode, so
-    creating the database itself 0600 covers them; files an older Chime left
-    with the umask's mode are narrowed. An existing database is never opened
-    here: closing any descriptor of it drops every POSIX lock this process holds
-    on it, those of SQLite's own connections included.
-    """
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
-    except FileExistsError:
-        pass
-    for name in (str(path), f"{path}-wal", f"{path}-shm"):
-        try:
-            if os.stat(name).st_mode & 0o777 != FILE_MODE:
-                os.chmod(name, FILE_MODE)
-        except FileNotFoundError:
-            pass
 
 
 def unavailable(exc: BaseException) -> BaseException:
@@ -159,7 +127,7 @@ class WriterProcess:
         ours, theirs = socket.socketpair()
         try:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "channels.sqlite_writer", str(self.path), str(self.wal_limit_bytes),
+                sys.executable, "-m", "channels.sqlite", str(self.path), str(self.wal_limit_bytes),
                 str(theirs.fileno()), str(self.fold_rows), str(self.fold_after_s),
                 pass_fds=(theirs.fileno(),), cwd=PROJECT_ROOT, stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True)
@@ -471,14 +439,14 @@ class _Requests:
         """Whether a request is here or arrives within ``timeout_s``."""
         return bool(self._complete()) or bool(select.select([self.channel], [], [], timeout_s)[0])
 
-    def next(self) -> tuple[str, tuple[Any, ...]] | None:
+    def next(self) -> Request | None:
         """The next request; None once the server closed its end."""
         while not (end := self._complete()):
             data = self.channel.recv(1 << 20)
             if not data:
                 return None
             self.buffer += data
-        request = pickle.loads(self.buffer[HEADER_BYTES:end])
+        request: Request = pickle.loads(self.buffer[HEADER_BYTES:end])
         del self.buffer[:end]
         return request
 
@@ -530,7 +498,3 @@ def main(argv: list[str]) -> None:
     finally:
         db.close()
         channel.close()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

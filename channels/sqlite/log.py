@@ -1,0 +1,287 @@
+"""The ``EventLog`` seam in SQLite: channels, the group commit of their events, and reads of them.
+
+Writes of events go through one writer task (group commit): it takes every
+event that arrived while the previous commit ran, writes them in one
+transaction, commits, then tells ``on_commit``. Reads use the reader connection,
+so they see exactly what is committed and never wait for a writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence, Unpack
+
+import orjson
+
+from channels.events import META, TERMINAL_TYPES, Event
+from channels.sqlite.database import Database, Statement, Tuning
+from channels.sqlite.writer import SQL_DELTAS, WriterGone
+from channels.store import ChannelClosed, ChannelRecord, CommitListener, UnknownChannel, utc_now
+
+log = logging.getLogger("chime.store")
+
+# A channel's events are in ``events`` once folded and in ``recent_events`` until then;
+# a fold moves them in one transaction, so each statement below sees every one exactly once.
+SQL_READ_AFTER = """
+    SELECT id, type, data FROM events WHERE channel = ?1 AND id > ?2
+    UNION ALL SELECT id, type, data FROM recent_events WHERE channel = ?1 AND id > ?2
+    ORDER BY id LIMIT ?3
+"""
+# The last event id of channel ?1 (0 for none).
+_LAST_ID = """MAX((SELECT COALESCE(MAX(id), 0) FROM events WHERE channel = ?1),
+               (SELECT COALESCE(MAX(id), 0) FROM recent_events WHERE channel = ?1))"""
+SQL_LAST_ID = f"SELECT {_LAST_ID}"
+SQL_CHANNEL = f"""
+    SELECT c.id, c.user_id, c.conversation_id, c.model, c.status, c.created_at, c.finished_at, c.usage,
+           {_LAST_ID}
+    FROM channels c WHERE c.id = ?1
+"""
+SQL_CHANNEL_STATUS = "SELECT status FROM channels WHERE id = ?"
+SQL_RUNNING = "SELECT id FROM channels WHERE status = 'running'"
+SQL_INSERT_CHANNEL = ("INSERT INTO channels (id, user_id, conversation_id, model, status, created_at) "
+                      "VALUES (?, ?, ?, ?, 'running', ?)")
+SQL_CHANNELS_OF = "SELECT id FROM channels WHERE conversation_id = ?"
+SQL_DELETE_CHANNELS_OF = "DELETE FROM channels WHERE conversation_id = ?"
+
+# Each commit takes at most this many events, so one huge backlog cannot hold
+# every waiting writer for a single long transaction.
+MAX_BATCH_EVENTS = 4096
+# ``append(..., wait=False)`` stops returning at once when this many events wait
+# for a commit: a model faster than the disk is slowed to the disk's pace.
+MAX_UNAWAITED_BACKLOG = 2 * MAX_BATCH_EVENTS
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: Event
+    future: asyncio.Future[None] | None
+
+
+class _ChannelLog:
+    """What the writer knows of a running channel it appends to: two fields, however long the answer.
+
+    The terminal commit joins the answer from the stored deltas in the writer process,
+    so nothing here grows with the answer; the entry goes with the channel's terminal
+    commit, a failed commit, or its deletion.
+    """
+
+    __slots__ = ("next_id", "closed")
+
+    def __init__(self, next_id: int, closed: bool = False) -> None:
+        self.next_id = next_id
+        self.closed = closed
+
+
+class SQLiteLog(Database):
+    """``EventLog`` in SQLite: two small fields per running channel, one queue of pending events."""
+
+    def __init__(self, path: Path | str, **tuning: Unpack[Tuning]) -> None:
+        super().__init__(path, **tuning)
+        self.on_commit: CommitListener | None = None
+        self._logs: dict[str, _ChannelLog] = {}
+        self._pending: list[_Pending] = []
+        # A failed commit of events nobody awaited is raised by the channel's next append.
+        self._failures: dict[str, BaseException] = {}
+        self._wake = asyncio.Event()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.commits = 0
+        self.committed_events = 0
+
+    async def open(self) -> None:
+        await super().open()
+        self._closing = False  # a closed store may be opened again
+        self._wake = asyncio.Event()
+        self._writer_task = asyncio.get_running_loop().create_task(self._write_loop(), name="chime-store-writer")
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._writer_task is not None:
+            await self._writer_task
+            self._writer_task = None
+        await super().close()
+
+    # ---- channels --------------------------------------------------------
+
+    async def create_channel(self, channel_id: str, user_id: str, conversation_id: str, model: str) -> Event:
+        return await self._create(channel_id, user_id, conversation_id, model, utc_now())
+
+    async def _create(self, channel_id: str, user_id: str, conversation_id: str, model: str, now: str,
+                      alongside: Sequence[Statement] = ()) -> Event:
+        """A new channel's row and its ``meta`` event in one transaction with ``alongside``
+        (records of the same submission), then told like any commit.
+
+        The meta row rides in the same ordered pipe as the group commits, and nothing can
+        be appended to the channel before this returns, so readers still hear ids in order.
+        """
+        meta = Event.make(channel_id, 1, META, {"channel": channel_id, "conversation_id": conversation_id,
+                                                "model": model})
+        statements = [*alongside, (SQL_INSERT_CHANNEL, (channel_id, user_id, conversation_id, model, now))]
+        try:
+            await self._write_transaction(statements, [(channel_id, meta.id, meta.type, meta.data_json)])
+        except WriterGone:
+            # The writer died with the transaction: whether it committed is in the database.
+            if await self._fetchone(SQL_CHANNEL_STATUS, (channel_id,)) is None:
+                raise
+        self._logs[channel_id] = _ChannelLog(meta.id + 1)
+        self.commits += 1
+        self.committed_events += 1
+        self._tell([meta])
+        return meta
+
+    async def _channels_of(self, conversation_id: str) -> list[str]:
+        return [row[0] for row in await self._fetchall(SQL_CHANNELS_OF, (conversation_id,))]
+
+    def _forget(self, channels: list[str]) -> None:
+        """Deleted channels: an append from now on finds no channel."""
+        for channel in channels:
+            self._logs.pop(channel, None)
+            self._failures.pop(channel, None)
+
+    # ---- reading ---------------------------------------------------------
+
+    async def get_channel(self, channel_id: str) -> ChannelRecord | None:
+        row = await self._fetchone(SQL_CHANNEL, (channel_id,))
+        if row is None:
+            return None
+        usage = orjson.loads(row[7]) if row[7] else None
+        return ChannelRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], usage, row[8])
+
+    async def read_after(self, channel_id: str, after: int, limit: int = 1000) -> list[Event]:
+        rows = await self._fetchall(SQL_READ_AFTER, (channel_id, after, limit))
+        return [Event(channel_id, id_, type_, data) for id_, type_, data in rows]
+
+    async def channel_content(self, channel_id: str) -> str:
+        rows = await self._fetchall(SQL_DELTAS, (channel_id,))
+        return "".join(orjson.loads(data)["content"] for _, data in rows)
+
+    async def running_channels(self) -> list[str]:
+        return [row[0] for row in await self._fetchall(SQL_RUNNING)]
+
+    # ---- appending: the group commit -------------------------------------
+
+    async def append(self, channel_id: str, type: str, data: dict[str, Any], *, wait: bool = True) -> Event:
+        """See ``EventLog.append``; ``wait=False`` returns once the event is queued (not for terminals)."""
+        failure = self._failures.pop(channel_id, None)
+        if failure is not None:
+            raise failure
+        log_ = self._logs.get(channel_id)
+        if log_ is None:
+            log_ = await self._load_log(channel_id)
+        if log_.closed:
+            raise ChannelClosed(channel_id)
+        event = Event.make(channel_id, log_.next_id, type, data)
+        log_.next_id += 1
+        if type in TERMINAL_TYPES:
+            log_.closed = True
+        elif not wait and len(self._pending) < MAX_UNAWAITED_BACKLOG:
+            self._pending.append(_Pending(event, None))
+            self._wake.set()
+            return event
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(event, future))
+        self._wake.set()
+        await future
+        return event
+
+    async def _load_log(self, channel_id: str) -> _ChannelLog:
+        row = await self._fetchone(SQL_CHANNEL_STATUS, (channel_id,))
+        if row is None:
+            raise UnknownChannel(channel_id)
+        if row[0] != "running":  # kept out of ``_logs``: an ended channel needs no entry there
+            raise ChannelClosed(channel_id)
+        (last_id,) = await self._fetchone(SQL_LAST_ID, (channel_id,))
+        # Another append may have loaded it while this one waited.
+        return self._logs.setdefault(channel_id, _ChannelLog(last_id + 1))
+
+    async def _flush_channels(self, channels: set[str]) -> None:
+        """Wait until every pending event of these channels is committed.
+
+        Commits go in order, so each channel's last pending event is enough;
+        one queued with ``wait=False`` gets a future here.
+        """
+        last: dict[str, _Pending] = {}
+        for pending in self._pending:
+            if pending.event.channel in channels:
+                last[pending.event.channel] = pending
+        waits: list[asyncio.Future[None]] = []
+        for pending in last.values():
+            if pending.future is None:
+                pending.future = asyncio.get_running_loop().create_future()
+            waits.append(pending.future)
+        if waits:
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                if self._writes_held is not None:
+                    await self._writes_held
+                batch = self._pending[:MAX_BATCH_EVENTS]
+                del self._pending[:MAX_BATCH_EVENTS]
+                await self._commit(batch)
+            if self._closing:
+                return
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        events = [p.event for p in batch]
+        try:
+            await self._write_events(events)
+        except Exception as exc:  # the disk is full, the file is gone: fail the batch, not the server
+            log.exception("commit of %d events failed", len(events))
+            self._fail(batch, exc)
+            return
+        self.commits += 1
+        self.committed_events += len(events)
+        self._maybe_checkpoint(len(events))
+        self._tell(events)
+        for p in batch:
+            if p.future and not p.future.done():
+                p.future.set_result(None)
+        for event in events:
+            if event.terminal:
+                self._logs.pop(event.channel, None)
+
+    def _tell(self, events: list[Event]) -> None:
+        if self.on_commit is not None:
+            try:
+                self.on_commit(events)
+            except Exception:
+                log.exception("on_commit listener failed")
+
+    def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
+        """A batch did not commit: its channels' queued events go too, so ids keep no gaps."""
+        failed = {p.event.channel for p in batch}
+        doomed = batch + [p for p in self._pending if p.event.channel in failed]
+        self._pending = [p for p in self._pending if p.event.channel not in failed]
+        for channel in failed:
+            self._logs.pop(channel, None)  # reload the true next id from the database
+        told = set()
+        for p in doomed:
+            if p.future is not None:
+                told.add(p.event.channel)
+                if not p.future.done():
+                    p.future.set_exception(exc)
+        for channel in failed - told:  # nobody awaited these: the channel's next append hears it
+            self._failures[channel] = exc
+
+    async def _write_events(self, events: list[Event]) -> None:
+        # No deadline: a group commit's outcome must be known before ids are reused, and the
+        # writer's lock wait (``BUSY_TIMEOUT_MS``) already bounds how long it can take.
+        await self._w.run("events", [(e.channel, e.id, e.type, e.data_json) for e in events])
+
+
+def channel_deletion(conversation_id: str, channels: list[str]) -> list[Statement]:
+    """The channels of a conversation with their events; before the conversation, in one transaction."""
+    marks = ",".join("?" * len(channels))
+    statements: list[Statement] = [
+        (f"DELETE FROM events WHERE channel IN ({marks})", channels),
+        (f"DELETE FROM recent_events WHERE channel IN ({marks})", channels),
+    ] if channels else []
+    return statements + [(SQL_DELETE_CHANNELS_OF, (conversation_id,))]

@@ -61,6 +61,19 @@ async def service_worker(request: Request) -> HTTPResponse:
                       headers={**PAGE_HEADERS, "Service-Worker-Allowed": "/"})
 
 
+@bp.get("/manifest.webmanifest")
+async def web_app_manifest(request: Request) -> HTTPResponse:
+    """The web app manifest: what makes the chat installable (and, on iOS, able to receive push)."""
+    return await file(FRONTEND / "manifest.webmanifest", mime_type="application/manifest+json",
+                      headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+
+@bp.get("/apple-touch-icon.png")
+async def apple_touch_icon(request: Request) -> HTTPResponse:
+    # iOS asks for this path by name when a page links no icon (and some crawlers always do).
+    return await file(FRONTEND / "icons" / "apple-touch-icon.png", mime_type="image/png")
+
+
 @bp.route("/static/<name:path>", methods=["GET", "HEAD"], name="static")
 async def static_file(request: Request, name: str) -> HTTPResponse:
     """A file under ``frontend/``; any other name (a folder, ``..``, a NUL byte, a link out) is 404.
@@ -104,6 +117,12 @@ def unchanged_since(if_modified_since: str | None, modified: int) -> bool:
         return False
 
 
+# Types the platform's table may lack or get wrong; a module script served with
+# any other type does not run.
+CONTENT_TYPES = {".webmanifest": "application/manifest+json", ".mjs": "text/javascript", ".js": "text/javascript",
+                 ".png": "image/png", ".svg": "image/svg+xml"}
+
+
 def content_type(path: Path) -> str:
-    guessed = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    guessed = CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return f"{guessed}; charset=utf-8" if guessed.startswith("text/") or guessed.endswith("javascript") else guessed

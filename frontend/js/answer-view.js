@@ -1,7 +1,7 @@
 // One answer on screen: its text rendered as Markdown, its state, its model,
 // and (while it runs) the Follower that streams it in.
 import { getChannel } from "./api.js";
-import { renderNow, scheduleRender } from "./render.js";
+import { copyText, renderNow, scheduleRender } from "./render.js";
 import { Follower } from "./stream.js";
 
 /** What each state looks like to a person. `running` is shown as waiting until text arrives. */
@@ -40,13 +40,23 @@ export function questionElement(text) {
   return article;
 }
 
+function actionButton(action, label, name) {
+  const button = element("button", "small action", label);
+  button.type = "button";
+  button.dataset.action = action;
+  if (name && name !== label) button.setAttribute("aria-label", name);
+  return button;
+}
+
 export class AnswerView {
   /**
    * `text` is what is known of the answer already (for a running answer, a
    * snapshot); `status` is the API's channel status or "waiting".
    */
-  constructor({ channel = null, text = "", status = "waiting", model = null, onChange = () => {} }) {
+  constructor({ channel = null, text = "", status = "waiting", model = null, question = "", onChange = () => {} }) {
     this.channel = channel;
+    this.question = question;   // the question this answers, for "Regenerate" and "Retry"
+    this.followUps = [];        // what the page offers after this answer: [{action, label, name}]
     this.snapshot = text;
     this.text = "";
     this.model = model;
@@ -62,7 +72,13 @@ export class AnswerView {
     this.body = element("div", "markdown");
     this.detail = element("p", "state-detail");
     this.detail.hidden = true;
-    this.element.append(header, this.body, this.detail);
+    this.actions = element("div", "answer-actions");
+    this.actions.setAttribute("role", "group");
+    this.actions.setAttribute("aria-label", "Answer actions");
+    this.copyStatus = element("span", "copy-status visually-hidden");
+    this.copyStatus.setAttribute("role", "status");
+    this.element.append(header, this.body, this.detail, this.actions, this.copyStatus);
+    this.element.addEventListener("click", (e) => this.clicked(e));
     if (channel) this.setChannel(channel);
     this.showModel();
     this.setState(status === "running" ? (text ? "streaming" : "waiting") : status);
@@ -95,7 +111,62 @@ export class AnswerView {
     this.stateBadge.textContent = STATE_LABELS[state] ?? state;
     this.detail.textContent = detail;
     this.detail.hidden = !detail;
+    this.showActions();
     this.onChange(this);
+  }
+
+  /** Follow-ups (regenerate, retry, continue) come from the page; copy is every finished answer's. */
+  offer(followUps) {
+    const same = followUps.length === this.followUps.length
+      && followUps.every((f, i) => f.action === this.followUps[i].action);
+    this.followUps = followUps;
+    if (!same) this.showActions();
+  }
+
+  showActions() {
+    const buttons = [];
+    if (!this.running && this.visibleText) {
+      buttons.push(actionButton("copy-answer", "Copy", "Copy the answer"));
+    }
+    if (!this.running) {
+      for (const { action, label, name } of this.followUps) buttons.push(actionButton(action, label, name));
+    }
+    this.actions.replaceChildren(...buttons);
+    this.actions.hidden = buttons.length === 0;
+  }
+
+  async clicked(e) {
+    const button = e.target.closest("button[data-action]");
+    if (!button || !this.element.contains(button)) return;
+    const action = button.dataset.action;
+    if (action === "copy-code") {
+      const code = button.closest(".code-block")?.querySelector("pre")?.textContent ?? "";
+      await this.copy(button, code.replace(/\n$/, ""));
+    } else if (action === "copy-answer") {
+      await this.copy(button, this.visibleText);
+    } else {
+      this.element.dispatchEvent(new CustomEvent("answer-action", { bubbles: true, detail: { action, view: this } }));
+    }
+  }
+
+  async copy(button, text) {
+    let message;
+    try {
+      await copyText(text);
+      message = "Copied";
+    } catch {
+      message = "Copy failed";
+    }
+    // The label changes for sighted users; the status line tells screen readers.
+    const label = button.textContent;
+    button.textContent = message;
+    button.dataset.copied = message === "Copied" ? "true" : "false";
+    this.copyStatus.textContent = message === "Copied" ? "Copied to the clipboard." : "Could not copy.";
+    clearTimeout(button._restore);
+    button._restore = setTimeout(() => {
+      if (button.isConnected) { button.textContent = label; delete button.dataset.copied; }
+      this.copyStatus.textContent = "";
+    }, 1500);
   }
 
   /** Stream the answer from its first event; the snapshot stays on screen until the replay passes it. */

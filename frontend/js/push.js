@@ -26,8 +26,20 @@ async function registration() {
   return navigator.serviceWorker.ready;
 }
 
-/** "unsupported", "denied", "on" or "off". */
+/**
+ * iOS and iPadOS Safari deliver Web Push only to a site added to the Home Screen
+ * and opened from there; in a Safari tab the push API is simply missing.
+ */
+export function needsHomeScreen() {
+  const ua = navigator.userAgent;
+  const iOS = /iPhone|iPad|iPod/.test(ua) || (/Macintosh/.test(ua) && navigator.maxTouchPoints > 1);
+  const standalone = navigator.standalone === true || window.matchMedia("(display-mode: standalone)").matches;
+  return iOS && !standalone;
+}
+
+/** "install" (iOS outside the Home Screen app), "unsupported", "denied", "on" or "off". */
 export async function pushState() {
+  if (needsHomeScreen()) return "install";
   if (!pushSupported()) return "unsupported";
   if (Notification.permission === "denied") return "denied";
   if (Notification.permission !== "granted") return "off";

@@ -45,3 +45,11 @@ def rendered_text(answer: Locator) -> str:
 def expected_answer(question: str) -> str:
     """The demo model's answer to ``question``, as the server stores it."""
     return demo_reply(question)
+
+
+def choose_transport(page: Page, transport: str) -> None:
+    """Pick how answers stream ("sse" or "ws") in the settings dialog, then close it."""
+    page.click("#open-settings")
+    page.select_option("#transport", transport)
+    page.click("#close-settings")
+    expect(page.locator("#settings")).to_be_hidden()

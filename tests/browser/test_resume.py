@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from tests.browser.chat_page import (ask, expected_answer, last_answer, open_chat, rendered_text, wait_finished,
+from tests.browser.chat_page import (ask, choose_transport, expected_answer, last_answer, open_chat, rendered_text, wait_finished,
                                      wait_for_text)
 from tests.support.proxy import TcpProxy
 
@@ -27,7 +27,7 @@ def stored_rendering(context: BrowserContext, channel: str) -> str:
 def test_a_network_drop_mid_answer_resumes_without_losing_or_repeating_text(
         page: Page, context: BrowserContext, proxy: TcpProxy, transport: str, page_errors) -> None:
     open_chat(page)
-    page.select_option("#transport", transport)
+    choose_transport(page, transport)
     question = f"Tell me about resuming over {transport} after the network drops"
     channel = ask(page, question)
     answer = last_answer(page)

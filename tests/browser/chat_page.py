@@ -53,3 +53,32 @@ def choose_transport(page: Page, transport: str) -> None:
     page.select_option("#transport", transport)
     page.click("#close-settings")
     expect(page.locator("#settings")).to_be_hidden()
+
+
+# Renders Markdown the way an answer is rendered, as a finished answer at the end
+# of the page: for content the demo model never writes (headings, tables, wide code).
+_SHOW_MARKDOWN = """async ([text, where]) => {
+    const { AnswerView } = await import('/static/js/answer-view.js');
+    const view = new AnswerView({ text, status: 'done' });
+    view.element.dataset.sample = 'true';
+    document.querySelector(where).append(view.element);
+}"""
+
+RICH_MARKDOWN = """# A model's top heading
+
+## A second-level heading
+
+| Term | Meaning | Example |
+|---|---|---|
+| Supercalifragilisticexpialidocious | an unbreakable word | Antidisestablishmentarianism |
+| EventSource | the browser's streaming reader | `new EventSource(url)` |
+
+```javascript
+const aVeryLongLineOfCodeThatDoesNotFitOnAPhoneScreen = someFunction(argumentNumberOne, argumentNumberTwo, argumentNumberThree);
+```
+"""
+
+
+def show_markdown(page: Page, text: str, where: str = "#messages") -> Locator:
+    page.evaluate(_SHOW_MARKDOWN, [text, where])
+    return page.locator("article[data-sample=true]").last

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from channels.sqlite import SQLiteStore
-from channels.store import Store
+from channels.store import ChannelRecord, Store
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,13 @@ async def new_channel(store: Store, user: str | None = None, conversation: str |
     await store.create_channel(channel, user, conversation, "demo")
     await store.add_turn(conversation, "the question", channel)
     return channel
+
+
+async def record_of(store: Store, channel: str) -> ChannelRecord:
+    """The record of a channel that must exist."""
+    record = await store.get_channel(channel)
+    assert record is not None, channel
+    return record
 
 
 def is_utc_iso(value: str | None) -> bool:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
 from channels.events import CANCELLED, DELTA, DONE, ERROR, INTERRUPTED, META, USAGE, Event
 from channels.store import ChannelClosed, Store, UnknownChannel
-from tests.channels.stores import StoreKind, is_utc_iso, new_channel, new_id, new_user
+from tests.channels.stores import StoreKind, is_utc_iso, new_channel, new_id, new_user, record_of
 
 TERMINALS = {DONE: {"finish_reason": "stop"}, ERROR: {"code": "model_error", "message": "boom"},
              CANCELLED: {}, INTERRUPTED: {"reason": "server_shutdown"}}
@@ -85,7 +86,7 @@ async def test_on_commit_runs_after_the_commit_with_every_event(kind: StoreKind,
     batches: list[list[int]] = []
     seen_by_another_connection: list[bool] = []
 
-    def on_commit(events) -> None:
+    def on_commit(events: Sequence[Event]) -> None:
         ids = [event.id for event in events if event.channel == channel]
         batches.append(ids)
         committed = set(kind.committed_ids(location, channel))
@@ -113,7 +114,8 @@ async def test_terminal_event_finishes_the_channel_and_the_answer(store: Store, 
     record = await store.get_channel(channel)
     assert record is not None
     assert (record.status, record.last_event_id) == (terminal, 5)
-    assert is_utc_iso(record.finished_at) and record.finished_at >= record.created_at
+    assert record.finished_at is not None and is_utc_iso(record.finished_at)
+    assert record.finished_at >= record.created_at
     assert await store.channel_content(channel) == "Hello, wörld 🌍"
     user_message, answer = await store.messages(conversation.id)
     assert (user_message.role, user_message.content, user_message.channel) == ("user", "the question", channel)
@@ -140,7 +142,7 @@ async def test_racing_terminal_events_leave_exactly_one(store: Store) -> None:
     assert all(isinstance(result, ChannelClosed) for result in results if not isinstance(result, Event))
     events = await store.read_after(channel, 0)
     assert [event.terminal for event in events] == [False, True]
-    assert (await store.get_channel(channel)).status == appended[0].type
+    assert (await record_of(store, channel)).status == appended[0].type
 
 
 async def test_usage_is_stored_on_the_channel(store: Store) -> None:
@@ -148,7 +150,7 @@ async def test_usage_is_stored_on_the_channel(store: Store) -> None:
     usage = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
     event = await store.append(channel, USAGE, usage)
     assert event.data == usage
-    assert (await store.get_channel(channel)).usage == usage
+    assert (await record_of(store, channel)).usage == usage
 
 
 async def test_running_channels_lists_only_unfinished_ones(store: Store) -> None:
@@ -179,4 +181,4 @@ async def test_content_joins_the_deltas_while_running(store: Store) -> None:
     await store.append(channel, USAGE, {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
     await store.append(channel, DELTA, {"content": "b"})
     assert await store.channel_content(channel) == "ab"
-    assert (await store.get_channel(channel)).last_event_id == 4
+    assert (await record_of(store, channel)).last_event_id == 4

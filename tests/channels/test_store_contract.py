@@ -14,7 +14,7 @@ import pytest
 
 from channels.events import DELTA, DONE, INTERRUPTED, META, Event
 from channels.store import ChannelClosed, NewAnswer, Store, UnknownChannel
-from tests.channels.stores import StoreKind, new_channel, new_id, new_user
+from tests.channels.stores import StoreKind, new_channel, new_id, new_user, record_of
 
 # ---- a whole submission: create_answer ----------------------------------------------------
 
@@ -71,7 +71,8 @@ async def test_create_answer_in_an_existing_conversation_moves_it_to_the_top(sto
     await store.create_answer(answer)
     assert [c.id for c in await store.list_conversations(user)] == [newer.id, older.id]
     assert [m.role for m in await store.messages(newer.id)] == ["user", "assistant"]
-    assert (await store.get_conversation(newer.id)).title == "newer"  # not renamed
+    kept = await store.get_conversation(newer.id)
+    assert kept is not None and kept.title == "newer"  # not renamed
     first = await store.create_answer(first_answer(user=new_id()))
     assert first.id == 1
 
@@ -148,7 +149,7 @@ async def test_everything_survives_close_and_the_ids_continue(kind: StoreKind, l
     try:
         for channel, events in before.items():
             assert await reopened.read_after(channel, 0) == events
-        assert (await reopened.get_channel(finished)).status == DONE
+        assert (await record_of(reopened, finished)).status == DONE
         assert await reopened.channel_content(finished) == "kept"
         assert [c.id for c in await reopened.list_conversations(user)] == [conversation.id]
         assert len(await reopened.messages(conversation.id)) == 4

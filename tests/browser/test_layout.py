@@ -1,4 +1,5 @@
-"""Keyboard, sidebar, Stop, phone and dark layouts; screenshots go to artifacts/screenshots/."""
+"""Keyboard, sidebar, Stop, phone and dark layouts, accessibility (axe-core);
+screenshots go to artifacts/screenshots/."""
 
 from __future__ import annotations
 
@@ -7,10 +8,25 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.chat_page import ask, last_answer, open_chat, wait_finished, wait_for_text
+from tests.browser.chat_page import (RICH_MARKDOWN, ask, last_answer, open_chat, show_markdown, wait_finished,
+                                     wait_for_text)
 from tests.support.waiting import wait_until
 
 VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+# axe-core, for the tests only; evaluated through DevTools, which the page's CSP does not govern.
+AXE = (Path(__file__).parent / "vendor" / "axe.min.js").read_text()
+SERIOUS_VIOLATIONS = """async () => {
+    const { violations } = await axe.run(document, { resultTypes: ["violations"] });
+    return violations.filter(v => v.impact === "critical" || v.impact === "serious")
+        .map(v => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.slice(0, 3).map(n => n.target.join(" ")).join(", ")}`);
+}"""
+
+
+def assert_accessible(page: Page, where: str) -> None:
+    if not page.evaluate("() => Boolean(window.axe)"):
+        page.evaluate(AXE)
+    violations = page.evaluate(SERIOUS_VIOLATIONS)
+    assert violations == [], f"{where}: {violations}"
 
 
 def test_keyboard_only_enter_sends_and_shift_enter_breaks_the_line(page: Page) -> None:
@@ -70,11 +86,29 @@ def test_chat_and_answer_pages_fit_the_screen(make_context, screenshots: Path, s
     no_sideways_scroll = "document.documentElement.scrollWidth <= window.innerWidth"
     assert page.evaluate(no_sideways_scroll)
     page.screenshot(path=screenshots / f"chat-{size}-{scheme}.png")
+    assert_accessible(page, "chat")
+    # Headings, a table and a wide code block, as a model may write them.
+    sample = show_markdown(page, RICH_MARKDOWN)
+    sample.scroll_into_view_if_needed()
+    assert page.evaluate(no_sideways_scroll)
+    page.screenshot(path=screenshots / f"chat-{size}-{scheme}-rich.png")
+    assert_accessible(page, "chat with a table and wide code")
+    page.get_by_role("button", name="Settings").click()
+    expect(page.locator("#settings")).to_be_visible()
+    page.screenshot(path=screenshots / f"chat-{size}-{scheme}-settings.png")
+    assert_accessible(page, "settings")
+    page.keyboard.press("Escape")
     if size == "phone":
         page.click("#toggle-sidebar")
         expect(page.locator("#new-chat")).to_be_focused()
         page.screenshot(path=screenshots / f"chat-{size}-{scheme}-sidebar.png")
+        assert_accessible(page, "drawer")
     page.goto(f"/c/{channel}")
     wait_finished(last_answer(page))
     assert page.evaluate(no_sideways_scroll)
     page.screenshot(path=screenshots / f"answer-{size}-{scheme}.png", full_page=True)
+    assert_accessible(page, "answer page")
+    show_markdown(page, RICH_MARKDOWN, "#answer").scroll_into_view_if_needed()
+    assert page.evaluate(no_sideways_scroll)
+    page.screenshot(path=screenshots / f"answer-{size}-{scheme}-rich.png")
+    assert_accessible(page, "answer page with a table and wide code")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from channels.generation import Generations
@@ -46,6 +47,11 @@ def title_for(message: str) -> str:
     return title
 
 
+# A conversation id that depends on the user, for front doors whose clients name their
+# conversations themselves (the AI SDK's chat ids): known only once the user is.
+ConversationFor = Callable[[str], str]
+
+
 class UnknownConversation(Exception):
     """The conversation does not exist, or is not the submitting user's."""
 
@@ -66,18 +72,27 @@ class Answers:
         self._starting: set[asyncio.Task[None]] = set()
 
     async def submit(self, user_id: str | None, message: str, conversation_id: str | None, address: str, *,
-                     create_as: str | None = None, context: list[dict[str, str]] | None = None,
-                     system_prompt: str | None = None, options: ModelOptions = NO_OPTIONS) -> Submitted:
+                     create_as: str | ConversationFor | None = None,
+                     context: list[dict[str, str]] | None = None, system_prompt: str | None = None,
+                     options: ModelOptions = NO_OPTIONS, again: bool = False) -> Submitted:
         """Start an answer to ``message``, stored as the user's turn.
 
         ``conversation_id`` continues a conversation of the user's (its turns are the
         model's history); ``create_as`` continues that one if it exists and is the user's,
-        else starts it under that id; with neither, a new conversation starts. ``context``
-        is the model's whole input instead (no stored history, no system prompt);
-        ``system_prompt`` replaces the server's. Raises ``UnknownConversation`` or
+        else starts it under that id (given as a function of the user id, it is the id for
+        that user: a new user's conversation is new). With neither, a new conversation
+        starts. ``context`` is the model's whole input instead (no stored history, no system
+        prompt); ``system_prompt`` replaces the server's. ``again`` answers the
+        conversation's last question anew: the turns at its end that asked ``message`` are
+        not the model's history (they stay stored). Raises ``UnknownConversation`` or
         ``LimitExceeded``.
         """
         history: list[MessageRecord] = []
+        conversation_for: ConversationFor | None = None
+        if callable(create_as):
+            conversation_for, create_as = create_as, None
+            if user_id is not None:
+                create_as = conversation_for(user_id)
         existing = conversation_id if conversation_id is not None else create_as
         new_title: str | None = None
         if existing is not None:
@@ -88,6 +103,8 @@ class Answers:
                 raise UnknownConversation(existing)
             elif context is None:
                 history = await self.store.messages(existing)
+                if again:
+                    history = without_last_asking(history, message)
         else:
             new_title = title_for(message)
         token = new_user = None
@@ -95,6 +112,8 @@ class Answers:
             self.limits.admit_new_user(address)
             user_id, token = new_id(), new_token()
             new_user = (user_id, hash_token(token))
+            if conversation_for is not None:
+                existing = conversation_for(user_id)
         answer = NewAnswer(channel_id=new_id(), user_id=user_id,
                            conversation_id=existing if existing is not None else new_id(),
                            model=self.settings.model_name, message=message, new_user=new_user,
@@ -120,3 +139,11 @@ class Answers:
         """Wait for submissions under way (on stop, before the generations are shut down)."""
         if self._starting:
             await asyncio.wait(list(self._starting))
+
+
+def without_last_asking(history: list[MessageRecord], question: str) -> list[MessageRecord]:
+    """``history`` less the turns at its end that asked ``question`` (with their answers)."""
+    end = len(history)
+    while end >= 2 and history[end - 2].role == "user" and history[end - 2].content == question:
+        end -= 2
+    return history[:end]

@@ -2,7 +2,7 @@
 
 from sanic import Blueprint
 
-from routes import channels, chat, conversations, health, pages, push, streams
+from routes import ai_sdk, channels, chat, conversations, health, pages, push, streams
 
 api = Blueprint.group(chat.bp, streams.bp, channels.bp, conversations.bp, health.bp, pages.bp,
-                        push.bp)
+                        push.bp, ai_sdk.bp)

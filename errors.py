@@ -1,7 +1,9 @@
 """The API's error catalog and the one handler that renders every error.
 
 Every error under ``/api/`` is ``{"error": {"code", "message"}}`` with a 4xx/5xx
-status: no stack traces and no HTML pages.
+status: no stack traces and no HTML pages. Under ``/v1`` (the OpenAI-compatible
+API) the same errors have OpenAI's shape, ``{"error": {"message", "type",
+"param", "code"}}``, because the clients there are OpenAI's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class ApiError(SanicException):
     code = "bad_request"
     message = "The request could not be understood."
     quiet = True
+    param: str | None = None  # the request field at fault, named in /v1's OpenAI-shaped errors
 
     def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None):
         super().__init__(message or self.message, status_code=self.status_code, headers=headers)
@@ -47,6 +50,20 @@ class InvalidMessage(ApiError):
 
 class InvalidParameter(ApiError):
     code = "invalid_parameter"
+
+
+class InvalidField(InvalidParameter):
+    """A field of a ``/v1`` request with a bad value; ``param`` names it, as OpenAI's errors do."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+class ModelNotFound(ApiError):
+    status_code = 404
+    code = "model_not_found"
+    message = "No such model here: GET /v1/models lists the models this server offers."
 
 
 class InvalidSubscription(ApiError):
@@ -121,7 +138,7 @@ class Unavailable(ApiError):
 
 
 # Sanic's own exceptions, by status, mapped onto the catalog's codes.
-_SANIC_CODES = {
+_SANIC_CODES: dict[int, type[ApiError] | tuple[str, str]] = {
     400: ("bad_request", "The request could not be understood."),
     401: Unauthenticated,
     403: CrossOrigin,
@@ -173,10 +190,17 @@ def is_unreadable_handshake(exc: Exception) -> bool:
 
 
 def render_error(request: Request, exc: Exception) -> HTTPResponse:
-    """The one handler: every exception becomes the API's JSON error body."""
+    """The one handler: every exception becomes the API's JSON error body (OpenAI's under ``/v1``)."""
     exc = domain_error(exc) or exc
+    status, code, message, headers = _described(request, exc)
+    if is_openai_path(request.path):
+        return openai_error(status, code, message, headers, getattr(exc, "param", None))
+    return json_error(status, code, message, headers)
+
+
+def _described(request: Request, exc: Exception) -> tuple[int, str, str, dict[str, str]]:
     if isinstance(exc, ApiError):
-        return json_error(exc.status_code, exc.code, exc.message, dict(exc.headers or {}))
+        return exc.status_code, exc.code, exc.message, dict(exc.headers or {})
     if isinstance(exc, SanicException):
         status = exc.status_code
         known = _SANIC_CODES.get(status)
@@ -187,9 +211,33 @@ def render_error(request: Request, exc: Exception) -> HTTPResponse:
         else:
             code, message = ("error", "The request failed.") if status < 500 else (
                 "internal_error", "Something went wrong on the server.")
-        return json_error(status, code, message, dict(exc.headers or {}))
+        return status, code, message, dict(exc.headers or {})
     log.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-    return json_error(500, "internal_error", "Something went wrong on the server.")
+    return 500, "internal_error", "Something went wrong on the server.", {}
+
+
+# ---- OpenAI's shape, under /v1 ----------------------------------------------------------
+
+OPENAI_PREFIX = "/v1"
+# Chime's codes whose OpenAI counterparts clients branch on.
+_OPENAI_CODES = {"unauthenticated": "invalid_api_key", "rate_limited": "rate_limit_exceeded"}
+
+
+def is_openai_path(path: str) -> bool:
+    return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
+
+
+def openai_error_type(status: int) -> str:
+    if status == 429:
+        return "rate_limit_error"
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
+def openai_error(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                 param: str | None = None) -> HTTPResponse:
+    body = {"error": {"message": message, "type": openai_error_type(status), "param": param,
+                      "code": _OPENAI_CODES.get(code, code)}}
+    return HTTPResponse(orjson.dumps(body), status=status, headers=headers, content_type="application/json")
 
 
 class ErrorRenderingRequest(Request):

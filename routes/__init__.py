@@ -2,7 +2,7 @@
 
 from sanic import Blueprint
 
-from routes import ai_sdk, channels, chat, conversations, health, pages, push, streams
+from routes import ai_sdk, channels, chat, conversations, health, openai, pages, push, streams
 
 api = Blueprint.group(chat.bp, streams.bp, channels.bp, conversations.bp, health.bp, pages.bp,
-                        push.bp, ai_sdk.bp)
+                        push.bp, ai_sdk.bp, openai.bp)

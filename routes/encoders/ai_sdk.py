@@ -23,6 +23,7 @@ from __future__ import annotations
 import orjson
 
 from channels.events import CANCELLED, DELTA, DONE, ERROR, META, USAGE, Event
+from channels.generation import LOST_REASON, RESTART_REASON, SHUTDOWN_REASON
 from routes.encoders import Encode, StreamEncoder, remember, take_slot
 
 CONTENT_TYPE = "text/event-stream"
@@ -42,9 +43,9 @@ SLOT = take_slot("ai_sdk")
 FINISH_REASONS = {"stop": "stop", "length": "length", "content_filter": "content-filter",
                   "tool_calls": "tool-calls", "function_call": "tool-calls"}
 INTERRUPTIONS = {
-    "server_lost": "The server answering this stopped before the answer was finished.",
-    "restart": "The server restarted before the answer was finished.",
-    "shutdown": "The server shut down before the answer was finished.",
+    LOST_REASON: "The server answering this stopped before the answer was finished.",
+    RESTART_REASON: "The server restarted before the answer was finished.",
+    SHUTDOWN_REASON: "The server shut down before the answer was finished.",
 }
 
 

@@ -61,6 +61,10 @@ class Settings:
     request_timeout_s: float = 30.0
     max_answer_chars: int = 200_000
     max_answer_s: float = 900.0
+    # Sanic's private internals (routes/sanic_internals.py): live events written straight to
+    # the socket, the WebSocket flood guard's hook, the first-byte request deadline. Off:
+    # Sanic's public API only, slower, and with Sanic's own request timeout.
+    fast_path: bool = True
 
     # Web Push.
     push_allow_private: bool = False
@@ -218,6 +222,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "request_timeout_s": ("CHIME_REQUEST_TIMEOUT_S", float),
     "max_answer_chars": ("CHIME_MAX_ANSWER_CHARS", int),
     "max_answer_s": ("CHIME_MAX_ANSWER_S", float),
+    "fast_path": ("CHIME_FAST_PATH", _bool),
     "push_allow_private": ("CHIME_PUSH_ALLOW_PRIVATE", _bool),
     "vapid_subject": ("CHIME_VAPID_SUBJECT", _str),
     "push_ttl_s": ("CHIME_PUSH_TTL_S", int),

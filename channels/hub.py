@@ -5,16 +5,25 @@ tail of its latest committed events and the futures of readers waiting for
 more. A reader that falls behind the tail reads the store instead, so a slow
 reader costs memory for nothing but its own position and never slows the
 writer or another reader.
+
+The store tells the hub of each commit (``publish``). When a write fails or
+its outcome is unknown (a writer that died after COMMIT, before replying), the
+store may hold events the hub was never told of: ``resync`` reads them before
+any reader is woken, so no reader waits for an event that is already stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Iterable, Sequence
+import logging
+from typing import Callable, Iterable, Protocol, Sequence
 
 from channels.events import Event
 
+log = logging.getLogger("chime.hub")
+
 TAIL_EVENTS = 64
+RESYNC_PAGE_EVENTS = 2_000
 
 # Takes a batch of committed events and writes it at once; False when it cannot now
 # (the connection is closing or its send buffer is full): the reader's task takes over.
@@ -167,16 +176,33 @@ class Feed:
                 waiter.set_result(True)
         self._waiters.clear()
 
+    def rewind(self) -> None:
+        """Forget the tail and send every reader back to the store: what it holds is unknown here."""
+        self.tail.clear()
+        self.first_id = 0
+        self.last_id = None
+        self.wake()
+        self.release_followers()
+
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False)
 
 
+class LogReader(Protocol):
+    """What the hub reads of the store: committed events of a channel with ``id > after``."""
+
+    async def read_after(self, channel_id: str, after: int, limit: int = ...) -> list[Event]: ...
+
+
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, store: LogReader | None = None) -> None:
         self._feeds: dict[str, Feed] = {}
         self.shutting_down = False
+        # Read by ``resync``; without it a resync sends the readers to the store themselves.
+        self.store = store
+        self._resyncs: set[asyncio.Task[None]] = set()
 
     def acquire(self, channel: str) -> Feed:
         feed = self._feeds.get(channel)
@@ -198,6 +224,51 @@ class Hub:
                 by_channel.setdefault(event.channel, []).append(event)
         for channel, batch in by_channel.items():
             self._feeds[channel].add(batch)
+
+    def resync(self, channels: Iterable[str]) -> None:
+        """A write of these channels failed or has an unknown outcome: catch up with the store.
+
+        Each affected feed reads the store after the last event it was told
+        of, adds what is there as if it had been published, and only then
+        wakes its readers; a feed that was told of nothing yet (or a hub
+        without ``store``, or a failed read) sends its readers back to the store
+        instead. Synchronous, so a store can call it from its failure path; the
+        reading runs in a task of its own.
+        """
+        feeds = [self._feeds[channel] for channel in set(channels) if channel in self._feeds]
+        if not feeds:
+            return
+        task = asyncio.get_running_loop().create_task(self._resync(feeds), name="chime-hub-resync")
+        self._resyncs.add(task)
+        task.add_done_callback(self._resyncs.discard)
+
+    async def _resync(self, feeds: list[Feed]) -> None:
+        for feed in feeds:
+            try:
+                await self._catch_up(feed)
+            except Exception:
+                log.exception("re-reading channel %s after a failed write failed", feed.channel)
+                feed.rewind()
+
+    async def _catch_up(self, feed: Feed) -> None:
+        if self.store is None or feed.last_id is None:
+            feed.rewind()
+            return
+        while feed.last_id is not None:
+            after = feed.last_id
+            events = await self.store.read_after(feed.channel, after, RESYNC_PAGE_EVENTS)
+            # A commit published during the read is already in the feed: only what follows it.
+            last_id = feed.last_id if feed.last_id is not None else after
+            fresh = [event for event in events if event.id > last_id]
+            if fresh:
+                feed.add(fresh)
+            if len(events) < RESYNC_PAGE_EVENTS:
+                return
+
+    async def settle(self) -> None:
+        """Wait until no resync is under way."""
+        while self._resyncs:
+            await asyncio.gather(*self._resyncs, return_exceptions=True)
 
     def forget(self, channel: str) -> None:
         """The channel was deleted: wake its readers so they notice."""

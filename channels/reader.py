@@ -1,9 +1,10 @@
-"""The one replay-then-live reader shared by SSE, WebSocket and polling.
+"""The one replay-then-live reader: SSE, WebSocket and polling all read through it.
 
 It yields lists of events in id order, starting after the resume point: first
 what is already stored, then live events as they are committed. An empty list
-means the stream has been quiet for the keepalive interval. It stops after the
-terminal event, or when the server shuts down.
+means the stream has been quiet for ``keepalive_s`` (a poll's wait: its
+answer is then empty). It stops after the terminal event, when the channel is
+deleted, or when the server shuts down.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from __future__ import annotations
 from typing import AsyncIterator
 
 from channels.events import Event
-from channels.hub import DirectWrite, Hub
-from channels.store import Store
+from channels.hub import DirectWrite, Hub, LogReader
 
 REPLAY_PAGE_EVENTS = 2_000
 
 
-async def replay_then_live(store: Store, hub: Hub, channel: str, after: int, keepalive_s: float | None,
+async def replay_then_live(store: LogReader, hub: Hub, channel: str, after: int, keepalive_s: float | None,
                            direct: DirectWrite | None = None) -> AsyncIterator[list[Event]]:
     """See the module docstring. With ``direct``, live events once caught up are written
     through it as they are committed and not yielded (see ``Feed.follow``)."""
@@ -44,23 +44,5 @@ async def replay_then_live(store: Store, hub: Hub, channel: str, after: int, kee
                     yield []
             elif not await feed.wait(after, keepalive_s):
                 yield []
-    finally:
-        hub.release(feed)
-
-
-async def read_once(store: Store, hub: Hub, channel: str, after: int, wait_s: float,
-                    limit: int = REPLAY_PAGE_EVENTS) -> list[Event]:
-    """Events after ``after``, at once if there are any, else the first to come within ``wait_s``."""
-    events = await store.read_after(channel, after, limit)
-    if events or wait_s <= 0:
-        return events
-    feed = hub.acquire(channel)
-    try:
-        events = await store.read_after(channel, after, limit)
-        if events or hub.shutting_down:  # a stopping server holds no request
-            return events
-        if await feed.wait(after, wait_s) and not hub.shutting_down:
-            events = feed.since(after, limit) or await store.read_after(channel, after, limit)
-        return events
     finally:
         hub.release(feed)

@@ -6,14 +6,20 @@ after a minute). A client sending one byte every few seconds could hold a
 connection, and a handler slot, for as long as it liked. Here a request's
 headers and body must all arrive within ``request_timeout_s`` of its first
 byte, or it gets ``408 request_timeout`` and the connection is closed.
+
+What it reads of the connection's state is Sanic's private business, so it
+goes through ``routes.sanic_internals``; with those off (``CHIME_FAST_PATH=0``,
+or a Sanic without them) this is Sanic's protocol as it is.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from sanic.exceptions import RequestTimeout
-from sanic.http.constants import Stage
-from sanic.server.protocols.base_protocol import current_time
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
+
+from routes import sanic_internals
 
 
 class DeadlineProtocol(WebSocketProtocol):
@@ -21,31 +27,19 @@ class DeadlineProtocol(WebSocketProtocol):
 
     __slots__ = ("_request_began",)  # Sanic's protocols have slots: no attribute may be added otherwise
 
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: Any) -> None:
         self._request_began: float | None = None
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        http = getattr(self, "_http", None)  # made by the connection's task, after the first bytes may arrive
-        if not self.recv_buffer and (http is None or http.stage is Stage.IDLE):
-            self._request_began = current_time()
+        if sanic_internals.enabled and sanic_internals.starts_a_request(self):
+            self._request_began = sanic_internals.current_time()
         super().data_received(data)
 
     def check_timeouts(self) -> None:
-        http = getattr(self, "_http", None)
         began = self._request_began
-        if self._task and http is not None and began is not None and self._receiving(http):
-            if current_time() - began > self.request_timeout:
-                http.exception = RequestTimeout("The request did not arrive in time.")
-                http.keep_alive = False
-                http.request_body = None  # or Sanic would go on reading the rest of the late body
-                self._task.cancel()
-                return
+        if (sanic_internals.enabled and began is not None and sanic_internals.receiving_request(self)
+                and sanic_internals.current_time() - began > sanic_internals.request_timeout_s(self)):
+            sanic_internals.end_late_request(self, RequestTimeout("The request did not arrive in time."))
+            return
         super().check_timeouts()
-
-    @staticmethod
-    def _receiving(http) -> bool:
-        """Headers not yet complete, or a body still arriving before the handler may answer."""
-        if http.stage is Stage.REQUEST:
-            return True
-        return http.stage is Stage.HANDLER and bool(http.request_body) and not http.upgrade_websocket

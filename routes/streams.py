@@ -1,44 +1,57 @@
 """Reading a channel: SSE, WebSocket and JSON polling.
 
-All three run the same replay-then-live reader and differ only in how they
-encode an event.
+Every transport reads the same way (``subscribe``): it is an attached reader
+for presence while it reads, through the one replay-then-live reader, and
+differs from the others only in its encoder (``routes/encoders``) and in how
+the bytes reach the client. ``stream_http`` serves any encoder as a streamed
+HTTP response: a new streaming wire format needs an encoder and a route.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import orjson
-from sanic import Blueprint, Request
+from sanic import Blueprint, Request, Sanic
 from sanic.exceptions import WebsocketClosed
-from sanic.response import HTTPResponse, empty, json
-from sanic.server.protocols.base_protocol import current_time
-from sanic.server.websockets.impl import CLOSED, CLOSING
+from sanic.response import HTTPResponse, empty
 
-from channels.events import KEEPALIVE_SSE, Event, sse_batch, ws_batch
+from channels.events import Event
 from channels.hub import DirectWrite
-from channels.reader import read_once, replay_then_live
+from channels.presence import Reader
+from channels.reader import replay_then_live
 from channels.store import ChannelRecord
 from errors import ApiError, NotFound
+from routes import sanic_internals
 from routes.auth import require_user, set_cookie
+from routes.encoders import StreamEncoder, polling
+from routes.encoders import sse as sse_wire
+from routes.encoders import ws as ws_wire
 from routes.params import bounded_number, non_negative_int, query_value
+from routes.sanic_internals import Websocket
 from routes.ws_limits import InboundGuard
 
 log = logging.getLogger("chime.streams")
 
 bp = Blueprint("streams")
 
-SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
-SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
-
 # WebSocket close codes (API.md): an ApiError's status maps onto 4000 + status.
 WS_CLOSE_NORMAL = 1000
 WS_CLOSE_GOING_AWAY = 1001
 
 POLL_MAX_WAIT_S = 30.0
-# A live event is written directly only while less than this waits in the send buffer.
-DIRECT_WRITE_MAX_BUFFERED_BYTES = 64 * 1024
+
+SendEvents = Callable[[list[Event]], Awaitable[None]]
+
+
+@bp.before_server_start
+async def use_sanic_internals(app: Sanic) -> None:
+    """``CHIME_FAST_PATH``: the fast path, the flood guard's hook and the request deadline."""
+    sanic_internals.configure(app.ctx.settings.fast_path)
 
 
 def accepts_event_stream(request: Request) -> bool:
@@ -46,7 +59,7 @@ def accepts_event_stream(request: Request) -> bool:
 
 
 async def owned_channel(request: Request, channel_id: str, user_id: str) -> ChannelRecord:
-    record = await request.app.ctx.store.get_channel(channel_id)
+    record: ChannelRecord | None = await request.app.ctx.store.get_channel(channel_id)
     if record is None or record.user_id != user_id:
         raise NotFound("No such channel.")
     return record
@@ -64,6 +77,54 @@ def finished_at_or_before(record: ChannelRecord, after: int) -> bool:
     return not record.running and after >= record.last_event_id
 
 
+# ---- the one way to read a channel --------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    reader: Reader  # the presence entry: a WebSocket reports its own visibility through it
+    batches: AsyncIterator[list[Event]]
+
+
+@asynccontextmanager
+async def subscribe(request: Request, channel: str, after: int, transport: str, keepalive_s: float | None,
+                    direct: DirectWrite | None = None) -> AsyncIterator[Subscription]:
+    """Read ``channel`` after ``after`` (see ``replay_then_live``), attached for presence meanwhile.
+
+    Every transport counts as an attached reader for as long as it reads: a
+    stream until it ends, a poll while it holds the request (API.md, push).
+    """
+    ctx: Any = request.app.ctx
+    reader = ctx.presence.attach(channel)
+    ctx.metrics.inc("chime_stream_readers_total", help="Readers attached to channels.", transport=transport)
+    try:
+        async with aclosing(replay_then_live(ctx.store, ctx.hub, channel, after, keepalive_s, direct)) as batches:
+            yield Subscription(reader, batches)
+    finally:
+        ctx.presence.detach(reader)
+
+
+async def stream_http(request: Request, channel: str, after: int, encoder: StreamEncoder, *,
+                      content_type: str, headers: Mapping[str, str], first: bytes = b"",
+                      token: str | None = None) -> None:
+    """``encoder``'s stream of the channel as a streamed HTTP response, ended after the terminal event."""
+    ctx: Any = request.app.ctx
+    response = await request.respond(content_type=content_type, headers=dict(headers))
+    if token is not None:
+        set_cookie(response, token, secure=request.scheme == "https")
+    keepalive = encoder.keepalive
+    direct = sanic_internals.direct_chunks(response, encoder.encode)
+    async with subscribe(request, channel, after, encoder.transport,
+                         ctx.settings.keepalive_s if keepalive is not None else None, direct) as subscription:
+        if first:
+            await response.send(first)
+        async for batch in subscription.batches:
+            if batch:
+                await response.send(encoder.encode(batch))
+            elif keepalive is not None:
+                await response.send(keepalive)
+    await response.eof()
+
+
 # ---- SSE -----------------------------------------------------------------
 
 @bp.get("/api/channels/<channel_id:str>/events")
@@ -78,63 +139,15 @@ async def sse(request: Request, channel_id: str) -> HTTPResponse | None:
 
 
 async def stream_sse(request: Request, channel: str, after: int, token: str | None = None) -> None:
-    ctx = request.app.ctx
-    response = await request.respond(content_type=SSE_CONTENT_TYPE, headers=SSE_HEADERS)
-    if token is not None:
-        set_cookie(response, token, secure=request.scheme == "https")
-    reader = ctx.presence.attach(channel)
-    ctx.metrics.inc("chime_stream_readers_total", help="Readers attached to channels.", transport="sse")
-    try:
-        await response.send(b"retry: %d\n\n" % ctx.settings.sse_retry_ms)
-        direct = sse_direct_write(response)
-        async for batch in replay_then_live(ctx.store, ctx.hub, channel, after, ctx.settings.keepalive_s,
-                                            direct):
-            await response.send(sse_batch(batch) if batch else KEEPALIVE_SSE)
-    finally:
-        ctx.presence.detach(reader)
-    await response.eof()
-
-
-def sse_direct_write(response) -> DirectWrite | None:
-    """Live events written straight to the connection, framed as Sanic frames them.
-
-    ``response.send`` goes through four coroutines per call; this is one
-    ``transport.write`` of the same HTTP/1.1 chunk. Only for a chunked response
-    (Sanic's choice for a stream without a length); it refuses, so the
-    reader's task sends instead, while Sanic holds writing back or the
-    connection is closing.
-    """
-    http = response.stream
-    if http is None or http.response_func != http.http1_response_chunked:
-        return None
-    protocol = http.protocol
-
-    def write(events: list[Event]) -> bool:
-        if not _takes_a_direct_write(protocol):
-            return False
-        payload = sse_batch(events)
-        _write_directly(protocol, b"%x\r\n%b\r\n" % (len(payload), payload))
-        return True
-
-    return write
-
-
-def _takes_a_direct_write(protocol) -> bool:
-    """Open, not held back by Sanic, and with little waiting in its send buffer."""
-    transport = protocol.transport
-    return (transport is not None and not transport.is_closing() and protocol._can_write.is_set()
-            and transport.get_write_buffer_size() <= DIRECT_WRITE_MAX_BUFFERED_BYTES)
-
-
-def _write_directly(protocol, data: bytes) -> None:
-    protocol.transport.write(data)
-    protocol._time = current_time()  # what protocol.send records: the response timeout's clock
+    retry_ms: int = request.app.ctx.settings.sse_retry_ms
+    await stream_http(request, channel, after, sse_wire.ENCODER, content_type=sse_wire.CONTENT_TYPE,
+                      headers=sse_wire.HEADERS, first=sse_wire.retry(retry_ms), token=token)
 
 
 # ---- WebSocket -------------------------------------------------------------
 
 @bp.websocket("/api/channels/<channel_id:str>/ws")
-async def websocket(request: Request, ws, channel_id: str) -> None:
+async def websocket(request: Request, ws: Websocket, channel_id: str) -> None:
     # From the first moment: frames sent while the channel is looked up count too.
     guard = InboundGuard(ws, _stop_on_violation(request.app.ctx, asyncio.current_task()))
     try:
@@ -145,8 +158,8 @@ async def websocket(request: Request, ws, channel_id: str) -> None:
         guard.release()
 
 
-async def serve_websocket(request: Request, ws, guard: InboundGuard, channel_id: str) -> None:
-    ctx = request.app.ctx
+async def serve_websocket(request: Request, ws: Websocket, guard: InboundGuard, channel_id: str) -> None:
+    ctx: Any = request.app.ctx
     try:
         user_id = await require_user(request, allow_query=True)
         after = resume_point(request)
@@ -157,20 +170,20 @@ async def serve_websocket(request: Request, ws, guard: InboundGuard, channel_id:
     if finished_at_or_before(record, after):
         await ws.close(code=WS_CLOSE_NORMAL, reason="finished")
         return
-    reader = ctx.presence.attach(channel_id)
-    ctx.metrics.inc("chime_stream_readers_total", help="Readers attached to channels.", transport="ws")
-    listener = asyncio.get_running_loop().create_task(
-        _listen(ctx, guard, channel_id, reader), name=f"chime-ws-listen-{channel_id}")
-    try:
-        async for batch in replay_then_live(ctx.store, ctx.hub, channel_id, after, None, ws_direct_write(ws)):
-            await send_events(ws, batch)
-        await ws.close(code=WS_CLOSE_GOING_AWAY if ctx.hub.shutting_down else WS_CLOSE_NORMAL)
-    finally:
-        listener.cancel()
-        ctx.presence.detach(reader)
+    send = ws_sender(ws)
+    direct = sanic_internals.direct_frames(ws, ws_wire.encode)
+    async with subscribe(request, channel_id, after, ws_wire.ENCODER.transport, None, direct) as subscription:
+        listener = asyncio.get_running_loop().create_task(
+            _listen(ctx, guard, channel_id, subscription.reader), name=f"chime-ws-listen-{channel_id}")
+        try:
+            async for batch in subscription.batches:
+                await send(batch)
+            await ws.close(code=WS_CLOSE_GOING_AWAY if ctx.hub.shutting_down else WS_CLOSE_NORMAL)
+        finally:
+            listener.cancel()
 
 
-def _stop_on_violation(ctx, handler: asyncio.Task | None):
+def _stop_on_violation(ctx: Any, handler: asyncio.Task[Any] | None) -> Callable[[str], None]:
     """The handler stops reading the channel for a client closed with 1008."""
     def stop(violation: str) -> None:
         ctx.metrics.inc("chime_ws_policy_closes_total",
@@ -181,45 +194,25 @@ def _stop_on_violation(ctx, handler: asyncio.Task | None):
     return stop
 
 
-async def send_events(ws, events: list[Event]) -> None:
+def ws_sender(ws: Websocket) -> SendEvents:
     """One frame per event (API.md), all of a batch in one write.
 
     The frames are the events' own cached bytes, shared by every reader. With a
-    negotiated extension (compression) the frames differ per connection, so
-    they go through the WebSocket protocol object one by one instead.
+    negotiated extension (compression), or the fast path off, each event goes
+    through ``ws.send`` instead, framed for this connection.
     """
-    if ws.ws_proto.extensions:
+    if sanic_internals.shares_frames(ws):
+        async def send_shared(events: list[Event]) -> None:
+            await sanic_internals.send_frames(ws, ws_wire.encode(events))
+        return send_shared
+
+    async def send_each(events: list[Event]) -> None:
         for event in events:
-            await ws.send(event.ws())
-        return
-    async with ws.conn_mutex:  # the same lock ws.send() takes: frames never interleave
-        if ws.ws_proto.state in (CLOSED, CLOSING):
-            raise WebsocketClosed("the WebSocket is closed")
-        await ws.io_proto.send(ws_batch(events))
+            await ws.send(ws_wire.message(event))
+    return send_each
 
 
-def ws_direct_write(ws) -> DirectWrite | None:
-    """Live events as the same cached frames ``send_events`` writes, straight to the connection.
-
-    Not with a negotiated extension (frames differ per connection); refused, so
-    the reader's task sends instead, while another frame is being sent (the
-    lock ``ws.send`` takes), writing is held back, or the WebSocket is closing.
-    """
-    if ws.ws_proto.extensions:
-        return None
-    protocol = ws.io_proto
-
-    def write(events: list[Event]) -> bool:
-        if (ws.conn_mutex.locked() or ws.ws_proto.state in (CLOSED, CLOSING)
-                or not _takes_a_direct_write(protocol)):
-            return False
-        _write_directly(protocol, ws_batch(events))
-        return True
-
-    return write
-
-
-async def _listen(ctx, guard: InboundGuard, channel: str, reader) -> None:
+async def _listen(ctx: Any, guard: InboundGuard, channel: str, reader: Reader) -> None:
     """Client frames: ``{"type": "cancel"}`` and ``{"type": "presence", "visible": bool}``."""
     try:
         while True:
@@ -247,20 +240,24 @@ async def _listen(ctx, guard: InboundGuard, channel: str, reader) -> None:
 
 @bp.get("/api/channels/<channel_id:str>/events.json")
 async def poll(request: Request, channel_id: str) -> HTTPResponse:
-    ctx = request.app.ctx
+    ctx: Any = request.app.ctx
     user_id = await require_user(request)
     after = non_negative_int(query_value(request, "after"), "after") or 0
     wait_s = bounded_number(query_value(request, "wait"), "wait", 0, POLL_MAX_WAIT_S, 0)
     record = await owned_channel(request, channel_id, user_id)
-    if finished_at_or_before(record, after):
-        events = []
-    else:
-        events = await read_once(ctx.store, ctx.hub, record.id, after, wait_s)
+    events: list[Event] = []
+    if not finished_at_or_before(record, after):
+        events = await first_batch(request, record.id, after, wait_s)
     last_event_id = events[-1].id if events else after
     if events:
         finished = events[-1].terminal
     else:
         latest = await ctx.store.get_channel(record.id)
         finished = latest is not None and finished_at_or_before(latest, after)
-    return json({"events": [event.as_dict() for event in events],
-                 "last_event_id": last_event_id, "finished": finished})
+    return polling.response(events, last_event_id, finished)
+
+
+async def first_batch(request: Request, channel: str, after: int, wait_s: float) -> list[Event]:
+    """Events after ``after``, at once if there are any, else the first to come within ``wait_s``."""
+    async with subscribe(request, channel, after, "polling", wait_s) as subscription:
+        return await anext(subscription.batches, [])

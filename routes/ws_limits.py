@@ -21,9 +21,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Callable
+from typing import Any, Callable
 
 from websockets.frames import Opcode
+
+from routes import sanic_internals
 
 log = logging.getLogger("chime.ws_limits")
 
@@ -42,8 +44,6 @@ TOO_MANY_FRAMES = "more than 100 frames a second"
 UNREAD_BACKLOG = "frames sent faster than the server reads them"
 
 _DATA_OPCODES = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
-# Sanic's WebsocketImplProtocol methods the guard takes over or calls; see InboundGuard.
-_SANIC_HOOKS = ("data_received", "async_data_received", "fail_connection")
 
 
 class SlidingWindowLimit:
@@ -56,7 +56,7 @@ class SlidingWindowLimit:
     """
 
     def __init__(self, limit: int = MAX_FRAMES_PER_WINDOW, window_s: float = RATE_WINDOW_S,
-                 clock_ns: Callable[[], int] = time.monotonic_ns):
+                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
         self.limit = limit
         self.window_ns = round(window_s * 1e9)
         self.clock_ns = clock_ns
@@ -85,13 +85,14 @@ class InboundGuard:
     On a violation the connection is failed with ``1008`` (a close frame, then
     the TCP connection closed without reading further), the frames still
     queued inside Sanic are dropped and ``on_violation`` is called so the
-    handler can stop. Without the Sanic methods it hooks (another Sanic, ASGI)
-    it counts messages as ``recv()`` returns them and closes with ``1008``
-    there: the same rate rule, without the bound on unread frames.
+    handler can stop. Without the Sanic internals it hooks (another Sanic, ASGI,
+    ``CHIME_FAST_PATH=0``; see ``routes.sanic_internals``) it counts messages as
+    ``recv()`` returns them and closes with ``1008`` there: the same rate rule,
+    without the bound on unread frames.
     """
 
-    def __init__(self, ws, on_violation: Callable[[str], None],
-                 limit: SlidingWindowLimit | None = None):
+    def __init__(self, ws: Any, on_violation: Callable[[str], None],
+                 limit: SlidingWindowLimit | None = None) -> None:
         self.ws = ws
         self.on_violation = on_violation
         self.limit = limit or SlidingWindowLimit()
@@ -99,22 +100,13 @@ class InboundGuard:
         self._unread: deque[int] = deque()  # byte sizes of complete messages not yet read
         self._unread_bytes = 0
         self._partial_bytes = 0  # of a fragmented message still arriving
-        self._tasks: set[asyncio.Task] = set()
-        self.hooked = self._hook()
-
-    def _hook(self) -> bool:
-        if not (hasattr(self.ws, "ws_proto") and hasattr(self.ws, "__dict__")
-                and all(callable(getattr(self.ws, name, None)) for name in _SANIC_HOOKS)):
-            return False
-        # An instance attribute over the method: Sanic's WebSocketProtocol
-        # calls ``self.websocket.data_received(data)`` for every TCP read.
-        self.ws.data_received = self._data_received
-        return True
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.hooked = sanic_internals.hook_received(ws, self._data_received)
 
     def release(self) -> None:
         """Give reading back to Sanic: the handler is done with this connection."""
         if self.hooked:
-            self.ws.__dict__.pop("data_received", None)
+            sanic_internals.unhook_received(self.ws)
 
     async def recv(self) -> str | bytes | None:
         message = await self.ws.recv()
@@ -133,20 +125,17 @@ class InboundGuard:
         """Sanic's ``data_received`` (parse, reply, queue a task), checked before anything queues."""
         if self.violation is not None:
             return  # failed with 1008: whatever else arrives is dropped unparsed
-        proto = self.ws.ws_proto
-        proto.receive_data(data)
-        data_to_send = proto.data_to_send()
-        frames = proto.events_received()
+        data_to_send, frames = sanic_internals.parse_received(self.ws, data)
         violation = self._admit(frames)
         if violation is not None:
             self._fail(violation)
             return
         if data_to_send or frames:
-            task = asyncio.get_running_loop().create_task(self.ws.async_data_received(data_to_send, frames))
+            task = asyncio.get_running_loop().create_task(sanic_internals.hand_over(self.ws, data_to_send, frames))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _admit(self, frames: list) -> str | None:
+    def _admit(self, frames: list[Any]) -> str | None:
         if not frames:
             return None
         if not self.limit.admit(len(frames)):
@@ -170,9 +159,7 @@ class InboundGuard:
     def _fail(self, violation: str) -> None:
         self.violation = violation
         log.info("closing a WebSocket with 1008: %s", violation)
-        # Synchronous in Sanic: stops reading, writes the close frame, and has
-        # the connection closed without waiting for the client's reply.
-        self.ws.fail_connection(WS_CLOSE_POLICY_VIOLATION, violation)
+        sanic_internals.fail_connection(self.ws, WS_CLOSE_POLICY_VIOLATION, violation)
         for task in self._tasks:
             task.cancel()  # each waits to hand a frame to a recv() that will not come
         self._unread.clear()

@@ -7,6 +7,7 @@ import tracemalloc
 import orjson
 
 from channels.events import DELTA, Event
+from routes.encoders import sse
 
 EVENTS = 2_000
 MAX_BYTES_PER_EVENT = 1_024  # an event of a short delta; orjson's own buffer alone is 4 KiB
@@ -23,4 +24,4 @@ def test_an_event_holds_its_json_in_a_buffer_of_its_own_size() -> None:
         tracemalloc.stop()
     assert held / EVENTS < MAX_BYTES_PER_EVENT
     assert all(event.data_json == orjson.dumps(data) for event in events)
-    assert events[0].sse() == b'id: 1\nevent: delta\ndata: {"content":"a short token"}\n\n'
+    assert sse.frame(events[0]) == b'id: 1\nevent: delta\ndata: {"content":"a short token"}\n\n'

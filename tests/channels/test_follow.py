@@ -7,7 +7,7 @@ import asyncio
 from channels.events import DELTA, DONE, Event
 from channels.hub import Hub
 from channels.reader import replay_then_live
-from channels.sqlite import SQLiteStore
+from channels.store import Store
 from tests.channels.stores import new_channel
 from tests.support.waiting import async_wait_until
 
@@ -28,7 +28,7 @@ class Sink:
         return True
 
 
-async def read_all(store: SQLiteStore, hub: Hub, channel: str, sink: Sink, keepalive_s: float | None = None,
+async def read_all(store: Store, hub: Hub, channel: str, sink: Sink, keepalive_s: float | None = None,
                    ) -> list[list[int]]:
     """What the reader's own loop yields (ids per batch); the rest went through ``sink``."""
     yielded = []
@@ -41,7 +41,7 @@ async def until(condition, what: str) -> None:
     await async_wait_until(condition, DEADLINE_S, what)
 
 
-async def reader_past_a_direct_write(store: SQLiteStore, hub: Hub) -> tuple[str, Sink, asyncio.Task]:
+async def reader_past_a_direct_write(store: Store, hub: Hub) -> tuple[str, Sink, asyncio.Task]:
     """A reader attached to a running channel whose first delta (id 2) went straight to its sink."""
     channel = await new_channel(store)
     sink = Sink()
@@ -52,7 +52,7 @@ async def reader_past_a_direct_write(store: SQLiteStore, hub: Hub) -> tuple[str,
     return channel, sink, reader
 
 
-async def test_live_events_go_straight_to_the_connection_after_their_commit(store: SQLiteStore, hub: Hub) -> None:
+async def test_live_events_go_straight_to_the_connection_after_their_commit(store: Store, hub: Hub) -> None:
     channel, sink, reader = await reader_past_a_direct_write(store, hub)
     await store.append(channel, DELTA, {"content": "b"})
     await store.append(channel, DONE, {"finish_reason": "stop"})
@@ -60,7 +60,7 @@ async def test_live_events_go_straight_to_the_connection_after_their_commit(stor
     assert yielded == [[1]] and sink.written == [2, 3, 4]
 
 
-async def test_a_refused_write_hands_the_events_back_to_the_reader_in_order(store: SQLiteStore, hub: Hub) -> None:
+async def test_a_refused_write_hands_the_events_back_to_the_reader_in_order(store: Store, hub: Hub) -> None:
     channel, sink, reader = await reader_past_a_direct_write(store, hub)
     sink.full = True  # the send buffer is full: the task must send the next events itself
     await store.append(channel, DELTA, {"content": "b"})
@@ -71,7 +71,7 @@ async def test_a_refused_write_hands_the_events_back_to_the_reader_in_order(stor
     assert sink.written == [2] and ids[0] == 1 and ids[1:] == [3, 4, 5]
 
 
-async def test_quiet_for_the_keepalive_interval_yields_a_keepalive(store: SQLiteStore, hub: Hub) -> None:
+async def test_quiet_for_the_keepalive_interval_yields_a_keepalive(store: Store, hub: Hub) -> None:
     channel = await new_channel(store)
     sink = Sink()
     yielded: list[list[int]] = []
@@ -90,13 +90,13 @@ async def test_quiet_for_the_keepalive_interval_yields_a_keepalive(store: SQLite
     assert yielded[0] == [1] and set(map(tuple, yielded[1:])) == {()} and sink.written == [2, 3]
 
 
-async def test_shutdown_hands_every_follower_back_and_ends_its_stream(store: SQLiteStore, hub: Hub) -> None:
+async def test_shutdown_hands_every_follower_back_and_ends_its_stream(store: Store, hub: Hub) -> None:
     _, _, reader = await reader_past_a_direct_write(store, hub)
     hub.shutdown()
     assert await asyncio.wait_for(reader, DEADLINE_S) == [[1]]
 
 
-async def test_a_deleted_channel_ends_a_following_reader(store: SQLiteStore, hub: Hub) -> None:
+async def test_a_deleted_channel_ends_a_following_reader(store: Store, hub: Hub) -> None:
     channel = await new_channel(store)
     sink = Sink()
     reader = asyncio.create_task(read_all(store, hub, channel, sink))

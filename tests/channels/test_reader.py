@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -10,14 +11,14 @@ import pytest
 import channels.hub as hub_module
 from channels.events import DELTA, DONE, Event
 from channels.hub import Hub
-from channels.reader import read_once, replay_then_live
-from channels.sqlite import SQLiteStore
+from channels.reader import replay_then_live
+from channels.store import Store
 from tests.channels.stores import new_channel
 
 DEADLINE_S = 10.0
 
 
-async def append_deltas(store: SQLiteStore, channel: str, count: int, start: int = 0) -> None:
+async def append_deltas(store: Store, channel: str, count: int, start: int = 0) -> None:
     for n in range(start, start + count):
         await store.append(channel, DELTA, {"content": f"{n} "})
 
@@ -40,7 +41,7 @@ def ids(events: list[Event]) -> list[int]:
     return [event.id for event in events]
 
 
-async def test_replay_then_live_has_no_gap_and_no_duplicate(store: SQLiteStore, hub: Hub) -> None:
+async def test_replay_then_live_has_no_gap_and_no_duplicate(store: Store, hub: Hub) -> None:
     channel = await new_channel(store)
     await append_deltas(store, channel, 5)
     readers = [asyncio.create_task(read_all(store, hub, channel, after)) for after in (0, 3, 6)]
@@ -53,7 +54,7 @@ async def test_replay_then_live_has_no_gap_and_no_duplicate(store: SQLiteStore, 
     assert results[0] == await store.read_after(channel, 0)
 
 
-async def test_a_reader_behind_the_tail_reads_the_store(store: SQLiteStore, hub: Hub,
+async def test_a_reader_behind_the_tail_reads_the_store(store: Store, hub: Hub,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub_module, "TAIL_EVENTS", 4)
     channel = await new_channel(store)
@@ -69,7 +70,7 @@ async def test_a_reader_behind_the_tail_reads_the_store(store: SQLiteStore, hub:
     assert events == await store.read_after(channel, 1)
 
 
-async def test_a_slow_reader_blocks_neither_a_fast_one_nor_the_writer(store: SQLiteStore, hub: Hub) -> None:
+async def test_a_slow_reader_blocks_neither_a_fast_one_nor_the_writer(store: Store, hub: Hub) -> None:
     channel = await new_channel(store)
     slow_may_go_on = asyncio.Event()
     slow_got: list[Event] = []
@@ -93,7 +94,7 @@ async def test_a_slow_reader_blocks_neither_a_fast_one_nor_the_writer(store: SQL
     assert slow_got == fast
 
 
-async def test_a_quiet_stream_yields_a_keepalive(store: SQLiteStore, hub: Hub) -> None:
+async def test_a_quiet_stream_yields_a_keepalive(store: Store, hub: Hub) -> None:
     channel = await new_channel(store)
     stream = replay_then_live(store, hub, channel, 0, keepalive_s=0.02)
     try:
@@ -107,7 +108,7 @@ async def test_a_quiet_stream_yields_a_keepalive(store: SQLiteStore, hub: Hub) -
     assert hub.feeds == 0 and hub.readers == 0
 
 
-async def test_shutdown_ends_waiting_readers(store: SQLiteStore, hub: Hub) -> None:
+async def test_shutdown_ends_waiting_readers(store: Store, hub: Hub) -> None:
     channel = await new_channel(store)
     readers = [asyncio.create_task(read_all(store, hub, channel)) for _ in range(3)]
     while waiting_readers(hub, channel) < 3:
@@ -120,7 +121,7 @@ async def test_shutdown_ends_waiting_readers(store: SQLiteStore, hub: Hub) -> No
 class _StoreThatInterleaves:
     """A store whose reads let something happen between the read and the reader's next step."""
 
-    def __init__(self, store: SQLiteStore, during_read):
+    def __init__(self, store: Store, during_read):
         self.store = store
         self.during_read = during_read
         self.reads = 0
@@ -132,7 +133,7 @@ class _StoreThatInterleaves:
         return events
 
 
-async def test_a_commit_during_the_store_read_is_not_missed(store: SQLiteStore, hub: Hub) -> None:
+async def test_a_commit_during_the_store_read_is_not_missed(store: Store, hub: Hub) -> None:
     channel = await new_channel(store)
 
     async def commit_while_reading(reads: int) -> None:
@@ -148,7 +149,7 @@ async def test_a_commit_during_the_store_read_is_not_missed(store: SQLiteStore, 
         await stream.aclose()
 
 
-async def test_a_shutdown_during_the_store_read_is_not_missed(store: SQLiteStore, hub: Hub) -> None:
+async def test_a_shutdown_during_the_store_read_is_not_missed(store: Store, hub: Hub) -> None:
     channel = await new_channel(store)
 
     async def shut_down_while_reading(reads: int) -> None:
@@ -160,7 +161,7 @@ async def test_a_shutdown_during_the_store_read_is_not_missed(store: SQLiteStore
     assert ids(events) == [1]
 
 
-async def test_deleting_the_channel_ends_its_readers(store: SQLiteStore, hub: Hub) -> None:
+async def test_deleting_the_channel_ends_its_readers(store: Store, hub: Hub) -> None:
     channel = await new_channel(store)
     conversation = (await store.get_channel(channel)).conversation_id
     reader = asyncio.create_task(read_all(store, hub, channel))
@@ -171,7 +172,7 @@ async def test_deleting_the_channel_ends_its_readers(store: SQLiteStore, hub: Hu
     assert ids(await asyncio.wait_for(reader, DEADLINE_S)) == [1]
 
 
-async def test_every_wake_up_reaches_a_live_reader(store: SQLiteStore, hub: Hub) -> None:
+async def test_every_wake_up_reaches_a_live_reader(store: Store, hub: Hub) -> None:
     channel = await new_channel(store)
     stream = replay_then_live(store, hub, channel, 0, None)
     try:
@@ -183,37 +184,44 @@ async def test_every_wake_up_reaches_a_live_reader(store: SQLiteStore, hub: Hub)
         await stream.aclose()
 
 
-# ---- polling ---------------------------------------------------------------------------------
+# ---- polling: the same reader, its first batch ------------------------------------------------
 
-async def test_read_once_answers_at_once_when_events_exist(store: SQLiteStore, hub: Hub) -> None:
+async def poll(store: Any, hub: Hub, channel: str, after: int, wait_s: float) -> list[Event]:
+    """What ``events.json`` answers: the reader's first batch, the wait as its keepalive interval."""
+    async with aclosing(replay_then_live(store, hub, channel, after, wait_s)) as batches:
+        return await anext(batches, [])
+
+
+async def test_a_poll_answers_at_once_when_events_exist(store: Store, hub: Hub) -> None:
     channel = await new_channel(store)
     await append_deltas(store, channel, 3)
-    assert ids(await read_once(store, hub, channel, 0, wait_s=30)) == [1, 2, 3, 4]
-    assert ids(await read_once(store, hub, channel, 2, wait_s=30, limit=1)) == [3]
-    assert await read_once(store, hub, channel, 4, wait_s=0) == []
-
-
-async def test_read_once_holds_for_the_next_event(store: SQLiteStore, hub: Hub) -> None:
-    channel = await new_channel(store)
-    poll = asyncio.create_task(read_once(store, hub, channel, 1, wait_s=30))
-    while hub.readers < 1:
-        await asyncio.sleep(0)
-    assert not poll.done()
-    await store.append(channel, DELTA, {"content": "next"})
-    assert ids(await asyncio.wait_for(poll, DEADLINE_S)) == [2]
+    assert ids(await poll(store, hub, channel, 0, wait_s=30)) == [1, 2, 3, 4]
+    assert ids(await poll(store, hub, channel, 2, wait_s=30)) == [3, 4]
+    assert await poll(store, hub, channel, 4, wait_s=0) == []
     assert hub.readers == 0
 
 
-async def test_read_once_gives_up_after_the_wait(store: SQLiteStore, hub: Hub) -> None:
+async def test_a_poll_holds_for_the_next_event(store: Store, hub: Hub) -> None:
     channel = await new_channel(store)
-    assert await asyncio.wait_for(read_once(store, hub, channel, 1, wait_s=0.02), DEADLINE_S) == []
+    held = asyncio.create_task(poll(store, hub, channel, 1, wait_s=30))
+    while hub.readers < 1:
+        await asyncio.sleep(0)
+    assert not held.done()
+    await store.append(channel, DELTA, {"content": "next"})
+    assert ids(await asyncio.wait_for(held, DEADLINE_S)) == [2]
+    assert hub.readers == 0
 
 
-async def test_read_once_returns_on_shutdown(store: SQLiteStore, hub: Hub) -> None:
+async def test_a_poll_gives_up_after_the_wait(store: Store, hub: Hub) -> None:
     channel = await new_channel(store)
-    poll = asyncio.create_task(read_once(store, hub, channel, 1, wait_s=30))
+    assert await asyncio.wait_for(poll(store, hub, channel, 1, wait_s=0.02), DEADLINE_S) == []
+
+
+async def test_a_poll_returns_on_shutdown(store: Store, hub: Hub) -> None:
+    channel = await new_channel(store)
+    held = asyncio.create_task(poll(store, hub, channel, 1, wait_s=30))
     while hub.readers < 1:
         await asyncio.sleep(0)
     hub.shutdown()
-    assert await asyncio.wait_for(poll, DEADLINE_S) == []
-    assert await asyncio.wait_for(read_once(store, hub, channel, 1, wait_s=30), DEADLINE_S) == []
+    assert await asyncio.wait_for(held, DEADLINE_S) == []
+    assert await asyncio.wait_for(poll(store, hub, channel, 1, wait_s=30), DEADLINE_S) == []

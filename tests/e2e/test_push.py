@@ -199,6 +199,35 @@ def test_an_sse_reader_hidden_by_post_presence_gets_a_push(
     assert push_service.deliveries_for(subscription)[0].payload["channel"] == meta["channel"]
 
 
+def test_a_user_following_only_by_polling_in_view_gets_no_push(
+        make_server, push_service: PushService) -> None:
+    # Tokens far apart compared with a poll's round trip: the end is decided while a poll is held.
+    server = make_server({**PUSH_ENV, "CHIME_DEMO_DELAY_MS": "50"})
+    user = User(server)
+    user.subscribe(push_service)
+    channel = user.ask("I follow by polling")
+    after, finished = 0, False
+    while not finished:
+        page = user.http.get(f"/api/channels/{channel}/events.json", params={"after": after, "wait": 10}).json()
+        after, finished = page["last_event_id"], page["finished"]
+    wait_metric(server, "chime_push_skipped_total", 1, reason="watched")
+    assert push_service.attempts == []
+    user.close()
+
+
+def test_a_polling_user_who_reported_hidden_gets_a_push(
+        server: ServerProcess, user: User, push_service: PushService) -> None:
+    subscription = user.subscribe(push_service)
+    channel = user.ask()
+    assert user.http.post(f"/api/channels/{channel}/presence", json={"visible": False}).status_code == 204
+    after, finished = 0, False
+    while not finished:
+        page = user.http.get(f"/api/channels/{channel}/events.json", params={"after": after, "wait": 10}).json()
+        after, finished = page["last_event_id"], page["finished"]
+    wait_until(lambda: push_service.deliveries_for(subscription), WAIT_S, "the push")
+    assert metric(server, "chime_push_skipped_total", reason="watched") == 0
+
+
 # ---- what push services answer ------------------------------------------------------------
 
 def test_410_deletes_the_subscription_and_it_is_never_tried_again(

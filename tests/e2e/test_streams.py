@@ -15,10 +15,15 @@ TOKEN_DELAY_MS = 20
 KEEPALIVE_S = 0.008  # well under the time between tokens
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server for the module: a demo model slow enough to read it live, frequent keepalives."""
-    env = {"CHIME_DEMO_DELAY_MS": str(TOKEN_DELAY_MS), "CHIME_KEEPALIVE_S": str(KEEPALIVE_S)}
+@pytest.fixture(scope="module", params=["1", "0"], ids=["fast-path", "public-api-only"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server per fast-path setting: a demo model slow enough to read it live, frequent keepalives.
+
+    With ``CHIME_FAST_PATH=0`` every stream goes through Sanic's public API
+    only (``routes.sanic_internals``): the wire must be exactly the same.
+    """
+    env = {"CHIME_DEMO_DELAY_MS": str(TOKEN_DELAY_MS), "CHIME_KEEPALIVE_S": str(KEEPALIVE_S),
+           "CHIME_FAST_PATH": request.param}
     with ServerProcess(tmp_path_factory.mktemp("streams"), env) as process:
         yield process
 
@@ -159,6 +164,11 @@ def test_concurrent_readers_of_one_channel_see_identical_streams(reader: Reader)
     reference = results["sse0"]
     assert reference[-1]["event"] == "done"
     assert all(events == reference for events in results.values())
+
+
+def test_the_fast_path_is_off_only_when_asked(request: pytest.FixtureRequest, server: ServerProcess) -> None:
+    off = request.node.callspec.params["server"] == "0"
+    assert ("serving through Sanic's public API only" in server.log()) == off
 
 
 def test_unknown_api_paths_and_methods_answer_json(server: ServerProcess) -> None:

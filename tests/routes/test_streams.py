@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import pytest
 
+from routes import sanic_internals
 from tests.routes.conftest import Api, assert_error, cookie, parse_sse
 
 BAD_IDS = ["-1", "abc", "1.5", "", " ", "1e3", "+1", "0x10", "١٢"]
@@ -161,3 +164,25 @@ def test_polling_needs_the_owner(api: Api, finished) -> None:
     assert_error(api.get(f"/api/channels/{channel}/events.json", "unknown"), 401, "unauthenticated")
     assert_error(api.get(f"/api/channels/{channel}/events.json", api.new_user()), 404, "not_found")
     assert_error(api.get("/api/channels/no-such-channel/events.json", token), 404, "not_found")
+
+
+# ---- Sanic's public API only (CHIME_FAST_PATH=0) -----------------------------------------------
+
+@pytest.fixture
+def public_api_only(make_api) -> Iterator[Api]:
+    api = make_api(fast_path=False)
+    yield api
+    sanic_internals.configure(True)  # the switch is the process's: later tests get the default
+
+
+def test_without_the_fast_path_sse_and_polling_read_the_same(public_api_only: Api) -> None:
+    api = public_api_only
+    token = api.new_user()
+    channel = api.submit(token, "tell me about resuming")["channel"]
+    response = api.get(f"/api/channels/{channel}/events", token)
+    assert not sanic_internals.enabled
+    assert response.body.startswith(b"retry: 2000\n\n")
+    events = parse_sse(response.body)
+    assert events[0]["event"] == "meta" and events[-1]["event"] == "done"
+    polled = api.get(f"/api/channels/{channel}/events.json", token).json
+    assert polled == {"events": events, "last_event_id": len(events), "finished": True}

@@ -12,6 +12,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
+from routes import sanic_internals
 from routes.ws_limits import (MAX_UNREAD_BYTES, MAX_UNREAD_MESSAGES, TOO_MANY_FRAMES, UNREAD_BACKLOG,
                               InboundGuard, SlidingWindowLimit)
 
@@ -268,3 +269,13 @@ async def test_without_sanics_internals_the_rate_is_counted_as_messages_are_read
         assert await guard.recv() == "{}"
     assert await guard.recv() is None
     assert plain.closed_with == (1008, TOO_MANY_FRAMES) and violations == [TOO_MANY_FRAMES]
+
+
+async def test_with_the_fast_path_off_sanics_reading_is_left_alone(ws) -> None:
+    sanic_internals.configure(False)
+    try:
+        guard = InboundGuard(ws, Violations())
+    finally:
+        sanic_internals.configure(True)
+    assert not guard.hooked
+    assert ws.data_received.__func__ is WebsocketImplProtocol.data_received

@@ -158,8 +158,7 @@ def stream_position(request: Request) -> Position | None:
     if raw is None:
         return None
     negative = raw.strip().startswith("-")
-    index = non_negative_int(raw.strip()[1:] if negative else raw, "startIndex")
-    assert index is not None
+    index = non_negative_int(raw.strip()[1:] if negative else raw, "startIndex") or 0
     return Position(index, from_end=negative)
 
 

@@ -173,6 +173,46 @@ class SSEReader(_Reader):
         self.text_body(data, now, SSE_TERMINAL)
 
 
+# The final Responses event, read as the channel's terminal event.
+RESPONSES_ENDINGS = {"completed": "done", "failed": "error", "incomplete": "interrupted"}
+
+
+class ResponsesReader(_Reader):
+    """``GET /v1/responses/resp_<channel>?stream=true``: OpenAI's Responses events of the channel.
+
+    The closing events repeat the whole text, so tokens are counted only up to
+    ``response.output_text.done``; after it only the final event is looked for.
+    """
+
+    DELTAS_OVER = b"\nevent: response.output_text.done\n"
+    TERMINAL = re.compile(rb"\nevent: response\.(completed|failed|incomplete)\n")
+
+    def __init__(self, request: bytes, tally: Tally):
+        super().__init__(request, tally)
+        self.deltas_over = False
+
+    def body(self, data: bytes, now: int) -> None:
+        if not self.attached.done() and b"\nevent: " in self.carry + data:
+            self.attached.set_result(True)
+        text = self.carry + data if self.carry else data
+        if not self.deltas_over:
+            cut = text.find(self.DELTAS_OVER)
+            if cut < 0:
+                self.text_body(data, now, self.TERMINAL)
+                return
+            self.tally.tokens(text[:cut], now)
+            self.deltas_over = True
+            text = text[cut:]
+        found = self.TERMINAL.search(text)
+        if found:
+            self.end(found[1].decode())
+            return
+        self.carry = text[-CARRY_BYTES:]
+
+    def end(self, ending: str) -> None:
+        super().end(RESPONSES_ENDINGS.get(ending, ending))
+
+
 class DirectReader(_Reader):
     """The upstream itself, no server in between: the floor."""
 
@@ -347,13 +387,21 @@ def ws_request(host: str, channel: str, token: str, after: int = 0) -> bytes:
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
 
 
+def responses_request(host: str, channel: str, token: str, after: int = 0) -> bytes:
+    # Resuming after event id A (A >= 1) is starting after sequence number A + 2: meta is numbers 0 to 3
+    # and each delta one more (routes/encoders/openai_responses.py); usage comes only at the end.
+    starting = f"&starting_after={after + 2}" if after else ""
+    return (f"GET /v1/responses/resp_{channel}?stream=true{starting} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n").encode()
+
+
 def direct_request(host: str, message: str) -> bytes:
     body = orjson.dumps({"model": "bench", "stream": True, "messages": [{"role": "user", "content": message}]})
     return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-READERS = {"sse": (SSEReader, sse_request), "ws": (WSReader, ws_request)}
+READERS = {"sse": (SSEReader, sse_request), "ws": (WSReader, ws_request), "v1": (ResponsesReader, responses_request)}
 
 
 async def open_reader(port: int, reader: type[_Reader], request: bytes, tally: Tally) -> _Reader:

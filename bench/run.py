@@ -91,8 +91,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="shorter streams; idle-10000 left out")
     parser.add_argument("--scenario", action="append", default=[], metavar="NAME",
                         help=f"run only this scenario (repeatable): {', '.join(scenarios(False))}")
-    parser.add_argument("--transport", action="append", choices=("sse", "ws"), default=[],
-                        help="only this transport (repeatable); default both")
+    parser.add_argument("--transport", action="append", choices=("sse", "ws", "v1"), default=[],
+                        help="only this transport (repeatable); default all three (v1: the /v1 Responses stream)")
     parser.add_argument("--profile", action="store_true",
                         help="sample the server with py-spy into bench/results/profile-*.txt")
     parser.add_argument("--http-client", choices=HTTP_CLIENTS, default="lean",
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse(sys.argv[1:] if argv is None else argv)
     raise_open_files_limit()  # servers started from here inherit it
-    transports = tuple(args.transport) or ("sse", "ws")
+    transports = tuple(args.transport) or ("sse", "ws", "v1")
     print(table([]), flush=True)
     rows = uvloop.run(run(args.scenario, args.quick, transports, args.profile, args.http_client))
     print("\n" + table(rows))

@@ -92,3 +92,17 @@ async def test_the_aiohttp_switch_streams_through_the_sdk_client_and_still_ends_
         finally:
             stop(server)
     assert "model_stalled" in events.text and time.monotonic() - started < 10
+
+
+async def test_the_v1_responses_stream_is_a_row_of_its_own_with_every_token() -> None:
+    with UpstreamProcess() as upstream, tempfile.TemporaryDirectory() as work:
+        bench = Bench(upstream.port, upstream.process.pid, Path(work), transports=("v1",))  # type: ignore[union-attr]
+        rows = [row async for row in Streams("tiny", 3, 20, 200, 300).rows(bench)]
+        rows += [row async for row in Replay("replay", repeats=1).rows(bench)]
+    assert [(r["scenario"], r["transport"]) for r in rows] == [
+        ("tiny", "direct"), ("tiny", "v1"), ("replay-all", "v1"), ("replay-last10", "v1")]
+    assert (rows[1]["delivered"], rows[1]["lost"], rows[1]["duplicated"], rows[1]["out_of_order"]) == (60, 0, 0, 0)
+    assert rows[1]["failed_streams"] == 0 and rows[1]["endings"] == {"done": 3}
+    for row in rows[2:]:  # a resume by sequence number gets exactly the rest
+        assert row["lost"] == 0 and row["duplicated"] == 0 and row["failed_streams"] == 0
+        assert row["endings"] == {"done": 1}

@@ -1,8 +1,7 @@
 """The AI SDK's real client (npm ``ai``, pinned; ``client.mjs``) against the real server process.
 
-``bin/setup --test`` installs the client with ``npm ci``. Without Node on the
-machine these tests are skipped; with Node but no installed client they fail
-and say how to install it.
+``bin/setup --test`` installs Node (when missing) and the client with ``npm ci``;
+without either these tests fail and say how to install them.
 """
 
 from __future__ import annotations
@@ -29,14 +28,14 @@ CLIENT_TIMEOUT_S = 60.0
 # Slow enough that an answer is still running after the client's first few parts.
 LIVE_ENV = {"CHIME_DEMO_DELAY_MS": "30"}
 
-pytestmark = pytest.mark.skipif(NODE is None, reason="Node.js is not installed (the AI SDK client runs in it)")
-
 MakeServer = Callable[..., ServerProcess]
 Result = dict[str, Any]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def installed_client() -> None:
+    if NODE is None:
+        pytest.fail("Node.js is not installed: run bin/setup --test (it installs nodejs and npm)")
     if not (ROOT / "node_modules" / "ai" / "package.json").exists():
         pytest.fail("the AI SDK client is not installed: run bin/setup --test (npm ci)")
 

@@ -119,6 +119,13 @@ class EventLog(Protocol):
       a token; it is still committed in order before any reader hears of it. If
       that commit fails, the channel's queued events are dropped (ids stay gapless)
       and the channel's next ``append`` raises the failure. A log may always wait.
+    - A commit whose outcome the log cannot know at once (its writer died with it,
+      a connection dropped) is not a failure: the log finds out what was stored,
+      tells ``on_commit`` of that as committed and commits the rest again under the
+      same ids, so each event is stored once and told once, in id order, and no
+      ``append`` raises. Only a commit that failed for a known reason (a constraint,
+      a full disk, a lock held too long), or whose outcome cannot be found out after
+      a few tries, fails as above.
     - A channel ends with exactly one terminal event, its last: appending it is how
       a channel is finished, and appending after it raises ``ChannelClosed``. The
       terminal event's commit also sets the channel's status and ``finished_at``

@@ -17,7 +17,9 @@ Every call has a deadline: a write the writer cannot start within
 writer) raises ``StoreUnavailable`` and never lands later; reads wait for a lock
 at most ``BUSY_TIMEOUT_MS``. A dead writer (``WriterGone``) is retried once
 where running the write twice changes nothing; otherwise it stays a
-``StoreUnavailable``, whose outcome ``create_answer`` settles by looking.
+``StoreUnavailable``, whose outcome ``create_answer`` settles by looking. The
+group commit settles it by looking too, and sends again what was not stored
+(``channels.sqlite.log``).
 """
 
 from __future__ import annotations

@@ -4,12 +4,20 @@ Writes of events go through one writer task (group commit): it takes every
 event that arrived while the previous commit ran, writes them in one
 transaction, commits, then tells ``on_commit``. Reads use the reader connection,
 so they see exactly what is committed and never wait for a writer.
+
+A commit the writer process died under (``WriterGone``) has an unknown outcome,
+not a failed one: once another writer runs, the database says which of its
+events are stored. Those are told and resolved as committed; the others are
+sent again, first in the next commit, under the ids they already have. Only a
+commit that failed for a known reason (a constraint, a full disk, a lock held
+past the busy timeout) drops its channels' queued events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Unpack
@@ -19,7 +27,7 @@ import orjson
 from channels.events import META, TERMINAL_TYPES, Event
 from channels.sqlite.database import Database, Statement, Tuning
 from channels.sqlite.writer import SQL_DELTAS, WriterGone
-from channels.store import ChannelClosed, ChannelRecord, CommitListener, UnknownChannel, utc_now
+from channels.store import ChannelClosed, ChannelRecord, CommitListener, StoreUnavailable, UnknownChannel, utc_now
 
 log = logging.getLogger("chime.store")
 
@@ -34,6 +42,17 @@ SQL_READ_AFTER = """
 _LAST_ID = """MAX((SELECT COALESCE(MAX(id), 0) FROM events WHERE channel = ?1),
                (SELECT COALESCE(MAX(id), 0) FROM recent_events WHERE channel = ?1))"""
 SQL_LAST_ID = f"SELECT {_LAST_ID}"
+# The last stored event id of each channel in the JSON array ?1 (absent: none), in one read.
+# ``events`` answers by its primary key; ``recent_events`` has no index on channel, so it
+# is scanned once for all of them rather than once per channel.
+SQL_LAST_IDS = """
+    SELECT channel, MAX(id) FROM (
+        SELECT value AS channel, (SELECT MAX(id) FROM events WHERE channel = value) AS id FROM json_each(?1)
+        UNION ALL
+        SELECT channel, MAX(id) FROM recent_events WHERE channel IN (SELECT value FROM json_each(?1))
+        GROUP BY channel
+    ) WHERE id IS NOT NULL GROUP BY channel
+"""
 SQL_CHANNEL = f"""
     SELECT c.id, c.user_id, c.conversation_id, c.model, c.status, c.created_at, c.finished_at, c.usage,
            {_LAST_ID}
@@ -52,6 +71,12 @@ MAX_BATCH_EVENTS = 4096
 # ``append(..., wait=False)`` stops returning at once when this many events wait
 # for a commit: a model faster than the disk is slowed to the disk's pace.
 MAX_UNAWAITED_BACKLOG = 2 * MAX_BATCH_EVENTS
+# A commit whose writer died is recovered at most this many times in a row (another writer
+# started, what it stored read back), waiting twice as long before each try after the first
+# from this; then it fails like any commit. A writer that dies on every commit, or a database
+# that cannot be read, costs its answers about a second, never a loop.
+MAX_RECOVERIES = 4
+RECOVERY_BACKOFF_S = 0.1
 
 
 @dataclass(slots=True)
@@ -83,6 +108,9 @@ class SQLiteLog(Database):
         self.on_commit: CommitListener | None = None
         self._logs: dict[str, _ChannelLog] = {}
         self._pending: list[_Pending] = []
+        # The batch the writer has (or is being recovered): deletions wait for it as for the queue.
+        self._in_flight: list[_Pending] = []
+        self._recoveries = 0  # unknown outcomes in a row
         # A failed commit of events nobody awaited is raised by the channel's next append.
         self._failures: dict[str, BaseException] = {}
         self._wake = asyncio.Event()
@@ -205,7 +233,7 @@ class SQLiteLog(Database):
         one queued with ``wait=False`` gets a future here.
         """
         last: dict[str, _Pending] = {}
-        for pending in self._pending:
+        for pending in (*self._in_flight, *self._pending):
             if pending.event.channel in channels:
                 last[pending.event.channel] = pending
         waits: list[asyncio.Future[None]] = []
@@ -223,9 +251,10 @@ class SQLiteLog(Database):
             while self._pending:
                 if self._writes_held is not None:
                     await self._writes_held
-                batch = self._pending[:MAX_BATCH_EVENTS]
+                batch = self._in_flight = self._pending[:MAX_BATCH_EVENTS]
                 del self._pending[:MAX_BATCH_EVENTS]
                 await self._commit(batch)
+                self._in_flight = []
             if self._closing:
                 return
 
@@ -233,10 +262,18 @@ class SQLiteLog(Database):
         events = [p.event for p in batch]
         try:
             await self._write_events(events)
+        except WriterGone as exc:
+            await self._recover(batch, exc)
+            return
         except Exception as exc:  # the disk is full, the file is gone: fail the batch, not the server
+            self._recoveries = 0
             log.exception("commit of %d events failed", len(events))
             self._fail(batch, exc)
             return
+        self._recoveries = 0
+        self._committed(batch, events)
+
+    def _committed(self, batch: list[_Pending], events: list[Event]) -> None:
         self.commits += 1
         self.committed_events += len(events)
         self._maybe_checkpoint(len(events))
@@ -247,6 +284,50 @@ class SQLiteLog(Database):
         for event in events:
             if event.terminal:
                 self._logs.pop(event.channel, None)
+
+    async def _recover(self, batch: list[_Pending], gone: Exception) -> None:
+        """The writer died with ``batch`` in flight: complete what it stored, send the rest again.
+
+        The transaction either committed or not, so each channel's stored events are a
+        prefix of its events here. The rest keep their ids and go first in the next
+        commit, ahead of the events queued since: ids stay gapless and nothing is
+        stored twice. A terminal event is sent again whole, with the status and the
+        answer its commit sets.
+        """
+        try:
+            stored = await self._stored_ids(list({p.event.channel: None for p in batch}), gone)
+        except Exception as exc:  # tried enough, or cannot be tried again (a newer schema)
+            self._recoveries = 0
+            log.exception("a commit of %d events the database writer died under could not be recovered",
+                          len(batch))
+            self._fail(batch, exc)
+            return
+        done = [p for p in batch if p.event.id <= stored.get(p.event.channel, 0)]
+        again = [p for p in batch if p.event.id > stored.get(p.event.channel, 0)]
+        log.warning("the database writer exited during a commit of %d events: %d were stored, %d go again",
+                    len(batch), len(done), len(again))
+        if done:
+            self._committed(done, [p.event for p in done])
+        if again:
+            self._pending[:0] = again
+        else:  # it had committed: nothing is left to go wrong in a row
+            self._recoveries = 0
+
+    async def _stored_ids(self, channels: list[str], gone: Exception) -> dict[str, int]:
+        """Each channel's last stored id (absent: none), read once another writer runs and the
+        dead one is reaped. Raises the last failure once ``MAX_RECOVERIES`` ran in a row."""
+        wanted = orjson.dumps(channels).decode()
+        while self._recoveries < MAX_RECOVERIES:
+            if self._recoveries:
+                await asyncio.sleep(RECOVERY_BACKOFF_S * 2 ** (self._recoveries - 1))
+            self._recoveries += 1
+            try:
+                await self._w.ensure_running()
+                return dict(await self._fetchall(SQL_LAST_IDS, (wanted,)))
+            except (StoreUnavailable, OSError, sqlite3.Error) as exc:  # another dead writer, a lock
+                log.warning("recovering a commit the database writer died under: %s", exc)
+                gone = exc
+        raise gone
 
     def _tell(self, events: list[Event]) -> None:
         if self.on_commit is not None:

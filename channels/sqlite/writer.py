@@ -18,6 +18,10 @@ cannot cut a write short while the server still finishes its streams.
 Both ends of that pipe live here: ``WriterProcess`` in the server, ``serve`` in
 the child, which runs as ``python -m channels.sqlite DATABASE WAL_LIMIT_BYTES FD
 FOLD_ROWS FOLD_AFTER_S`` (``channels/sqlite/__main__.py``).
+
+A request the child dies under fails with ``WriterGone``: it may or may not have
+committed, and only the database can tell. The group commit settles that by
+reading back what was stored (``channels.sqlite.log``).
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ EXIT_TIMEOUT_S = 10.0
 REPLY_GRACE_S = BUSY_TIMEOUT_MS / 1000 + 1.0
 # A migration may rewrite a large database: it is not held to a request's deadline.
 MIGRATE_DEADLINE_S = 600.0
+# The child's command line after the interpreter, before its arguments.
+WRITER_ENTRY = ("-m", "channels.sqlite")
 # SQLite's primary result codes for "another connection holds the lock".
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
@@ -100,11 +106,16 @@ class WriterProcess:
     Replies come back in the order requests were sent, so one FIFO of futures
     matches them. If the process dies, every request in flight fails with
     ``WriterGone`` and the next request starts a new process.
+
+    ``entry`` is how the child is started (``WRITER_ENTRY``): the recovery tests
+    start one that dies at a chosen point of a transaction.
     """
 
     def __init__(self, path: Path, wal_limit_bytes: int, migrations: Sequence[str], *,
-                 fold_rows: int = FOLD_ROWS, fold_after_s: float = FOLD_AFTER_S):
+                 fold_rows: int = FOLD_ROWS, fold_after_s: float = FOLD_AFTER_S,
+                 entry: Sequence[str] = WRITER_ENTRY):
         self.path = path
+        self.entry = tuple(entry)
         self.wal_limit_bytes = wal_limit_bytes
         self.migrations = tuple(migrations)
         self.fold_rows = fold_rows
@@ -127,7 +138,7 @@ class WriterProcess:
         ours, theirs = socket.socketpair()
         try:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "channels.sqlite", str(self.path), str(self.wal_limit_bytes),
+                sys.executable, *self.entry, str(self.path), str(self.wal_limit_bytes),
                 str(theirs.fileno()), str(self.fold_rows), str(self.fold_after_s),
                 pass_fds=(theirs.fileno(),), cwd=PROJECT_ROOT, stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True)
@@ -147,8 +158,7 @@ class WriterProcess:
         that, and this raises ``StoreUnavailable`` then, or if no reply comes even
         ``REPLY_GRACE_S`` after (a stuck writer: that outcome is unknown).
         """
-        if self._replies is None or self._replies.closed:
-            await self._restart()
+        await self.ensure_running()
         replies = self._replies
         assert replies is not None
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
@@ -163,6 +173,17 @@ class WriterProcess:
         if not ok:
             raise value
         return value
+
+    @property
+    def exited(self) -> bool:
+        """Whether the process is gone (or was never started): the next request starts another."""
+        return self._replies is None or self._replies.closed
+
+    async def ensure_running(self) -> None:
+        """Start another process if the last one exited; the one that exited is reaped first,
+        so nothing it was sent can still commit once this returns."""
+        if self.exited:
+            await self._restart()
 
     async def _restart(self) -> None:
         if self._starting is None:
@@ -486,7 +507,7 @@ def serve(writer: Writer, channel: socket.socket) -> None:
         channel.sendall(reply)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], writer: type[Writer] = Writer) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -494,7 +515,7 @@ def main(argv: list[str]) -> None:
     channel = socket.socket(fileno=int(fd))
     db = connect(path, int(wal_limit_bytes))
     try:
-        serve(Writer(db, int(fold_rows), float(fold_after_s)), channel)
+        serve(writer(db, int(fold_rows), float(fold_after_s)), channel)
     finally:
         db.close()
         channel.close()

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from channels.events import Event
 
 CommitListener = Callable[[Sequence[Event]], None]
+# Told the channels whose write failed: their readers must catch up with what the store holds.
+FailureListener = Callable[[Iterable[str]], None]
 
 
 class ChannelClosed(Exception):
@@ -137,6 +139,7 @@ class EventLog(Protocol):
     """
 
     on_commit: CommitListener | None
+    on_failure: FailureListener | None  # called with the channels of a batch that did not commit
     commits: int           # transactions that appended events, since open (group commit: far fewer than events)
     committed_events: int  # events those transactions appended
 

@@ -27,7 +27,15 @@ import orjson
 from channels.events import META, TERMINAL_TYPES, Event
 from channels.sqlite.database import Database, Statement, Tuning
 from channels.sqlite.writer import SQL_DELTAS, WriterGone
-from channels.store import ChannelClosed, ChannelRecord, CommitListener, StoreUnavailable, UnknownChannel, utc_now
+from channels.store import (
+    ChannelClosed,
+    ChannelRecord,
+    CommitListener,
+    FailureListener,
+    StoreUnavailable,
+    UnknownChannel,
+    utc_now,
+)
 
 log = logging.getLogger("chime.store")
 
@@ -106,6 +114,7 @@ class SQLiteLog(Database):
     def __init__(self, path: Path | str, **tuning: Unpack[Tuning]) -> None:
         super().__init__(path, **tuning)
         self.on_commit: CommitListener | None = None
+        self.on_failure: FailureListener | None = None
         self._logs: dict[str, _ChannelLog] = {}
         self._pending: list[_Pending] = []
         # The batch the writer has (or is being recovered): deletions wait for it as for the queue.
@@ -351,6 +360,11 @@ class SQLiteLog(Database):
                     p.future.set_exception(exc)
         for channel in failed - told:  # nobody awaited these: the channel's next append hears it
             self._failures[channel] = exc
+        if self.on_failure is not None:
+            try:
+                self.on_failure(failed)
+            except Exception:
+                log.exception("on_failure listener failed")
 
     async def _write_events(self, events: list[Event]) -> None:
         # No deadline: a group commit's outcome must be known before ids are reused, and the

@@ -111,12 +111,13 @@ async def stream_http(request: Request, channel: str, after: int, encoder: Strea
     response = await request.respond(content_type=content_type, headers=dict(headers))
     if token is not None:
         set_cookie(response, token, secure=request.scheme == "https")
+    # The headers go now, with ``first`` if any: only once they are out is the response
+    # chunked, and only then can live events be written straight to it.
+    await response.send(first)
     keepalive = encoder.keepalive
     direct = sanic_internals.direct_chunks(response, encoder.encode)
     async with subscribe(request, channel, after, encoder.transport,
                          ctx.settings.keepalive_s if keepalive is not None else None, direct) as subscription:
-        if first:
-            await response.send(first)
         async for batch in subscription.batches:
             if batch:
                 await response.send(encoder.encode(batch))

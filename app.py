@@ -17,26 +17,27 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Awaitable, Callable, Sequence
+from typing import Any
 
 from sanic import Sanic
 
 import backup
 import errors
 from channels.answers import Answers
-from channels.generation import Generations
+from channels.generation import Completion, Generations
 from channels.hub import Hub
 from channels.limits import Limits
+from channels.presence import Presence
 from channels.sqlite import SQLiteStore
 from llm import make_provider
 from metrics import Metrics
 from notify import service as notify
-from channels.presence import Presence
 from routes import api, origin
 from routes.auth import Users
 from routes.protocol import DeadlineProtocol
+from services import ChimeApp, Services
 from settings import Settings, SettingsError
 
 log = logging.getLogger("chime")
@@ -56,9 +57,9 @@ GC_OLDER_THRESHOLDS = (50, 100)  # young collections per middle one; middle ones
 STOP_WATCHDOG_SLACK_S = 15.0
 
 
-def create_app(settings: Settings | None = None) -> Sanic:
+def create_app(settings: Settings | None = None) -> ChimeApp:
     settings = settings or Settings.from_env()
-    app = Sanic(APP_NAME)
+    app = Sanic(APP_NAME, ctx=Services())
     configure(app, settings)
     errors.install(app)
     app.register_middleware(origin.checker(settings.allowed_origins), "request")
@@ -72,26 +73,27 @@ def create_app(settings: Settings | None = None) -> Sanic:
     return app
 
 
-def configure(app: Sanic, settings: Settings) -> None:
+def configure(app: ChimeApp, settings: Settings) -> None:
     config = app.config
     config.REQUEST_MAX_SIZE = settings.max_body_bytes
     # Counted from a request's first byte by DeadlineProtocol (Sanic's own restarts at every byte).
-    config.REQUEST_TIMEOUT = settings.request_timeout_s
+    # Sanic's Config annotates its timeouts as int, but any number of seconds works (a deadline).
+    config.REQUEST_TIMEOUT = settings.request_timeout_s  # type: ignore[assignment]
     # Only the last N hops of X-Forwarded-* are believed: the client address the limits count
     # by, and the scheme that decides the cookie's Secure attribute and this server's origin.
     config.PROXIES_COUNT = settings.proxies_count
     # Open streams end on stop (stop_streams); this only bounds a stuck client.
     config.GRACEFUL_SHUTDOWN_TIMEOUT = settings.shutdown_grace_s + 2.0
     # Keepalive comments are what keep a quiet stream under the response timeout.
-    config.RESPONSE_TIMEOUT = max(60.0, settings.keepalive_s * 3)
+    config.RESPONSE_TIMEOUT = max(60.0, settings.keepalive_s * 3)  # type: ignore[assignment]  # int in Config, as above
     config.FALLBACK_ERROR_FORMAT = "json"
     config.WEBSOCKET_MAX_SIZE = 64 * 1024
     config.ACCESS_LOG = False
     config.NOISY_EXCEPTIONS = False
 
 
-async def start_services(app: Sanic) -> None:
-    settings: Settings = app.ctx.settings
+async def start_services(app: ChimeApp) -> None:
+    settings = app.ctx.settings
     ctx = app.ctx
     ctx.stopping = False  # an app that was stopped may be started again (test clients do)
     ctx.stop_runs = {}
@@ -100,6 +102,9 @@ async def start_services(app: Sanic) -> None:
     ctx.presence = Presence()
     ctx.store = SQLiteStore(settings.db_path)
     ctx.store.on_commit = ctx.hub.publish
+    # After a batch that did not commit, readers catch up with what the store holds.
+    ctx.hub.store = ctx.store
+    ctx.store.on_failure = ctx.hub.resync
     await ctx.store.open()
     ctx.users = Users(ctx.store)
     ctx.provider = make_provider(settings)
@@ -125,13 +130,13 @@ async def start_services(app: Sanic) -> None:
              or "OpenAI", settings.data_dir.resolve())
 
 
-def _count_completion(metrics: Metrics):
-    def count(completion) -> None:
+def _count_completion(metrics: Metrics) -> Callable[[Completion], None]:
+    def count(completion: Completion) -> None:
         metrics.inc("chime_answers_total", help="Answers ended, by terminal status.", status=completion.status)
     return count
 
 
-def _register_gauges(ctx: SimpleNamespace) -> None:
+def _register_gauges(ctx: Services) -> None:
     ctx.metrics.gauge("chime_running_answers", "Answers being generated.", lambda: ctx.generations.running)
     ctx.metrics.gauge("chime_attached_readers", "Readers attached to a channel.", lambda: ctx.hub.readers)
     ctx.metrics.gauge("chime_store_commits", "Group commits since start.", lambda: ctx.store.commits)
@@ -139,12 +144,12 @@ def _register_gauges(ctx: SimpleNamespace) -> None:
                       lambda: ctx.store.committed_events)
 
 
-async def stop_streams(app: Sanic) -> None:
+async def stop_streams(app: ChimeApp) -> None:
     """Running answers get a grace period, then end as interrupted; then every stream ends."""
     await _once(app, "stop_streams", _stop_streams)
 
 
-async def _stop_streams(app: Sanic) -> None:
+async def _stop_streams(app: ChimeApp) -> None:
     ctx = app.ctx
     ctx.stopping = True
     if getattr(ctx, "owns_process", False):
@@ -163,11 +168,11 @@ async def _stop_streams(app: Sanic) -> None:
         ctx.hub.shutdown()
 
 
-async def close_services(app: Sanic) -> None:
+async def close_services(app: ChimeApp) -> None:
     await _once(app, "close_services", _close_services)
 
 
-async def _close_services(app: Sanic) -> None:
+async def _close_services(app: ChimeApp) -> None:
     ctx = app.ctx
     if hasattr(ctx, "notifier"):  # before the store closes: a push may still delete a subscription
         await ctx.notifier.stop(ctx.settings.shutdown_grace_s)
@@ -177,10 +182,10 @@ async def _close_services(app: Sanic) -> None:
         await ctx.store.close()
 
 
-async def _once(app: Sanic, name: str, step: Callable[[Sanic], Awaitable[None]]) -> None:
+async def _once(app: ChimeApp, name: str, step: Callable[[ChimeApp], Coroutine[Any, Any, None]]) -> None:
     """Run a stop step once; a second call (Sanic re-runs the listeners when a signal stops the
     loop during the stop) waits for the same run instead of running it beside the first."""
-    runs: dict[str, asyncio.Task[None]] = app.ctx.stop_runs
+    runs = app.ctx.stop_runs
     task = runs.get(name)
     if task is None:
         task = runs[name] = asyncio.get_running_loop().create_task(step(app), name=f"chime-{name}")

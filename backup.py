@@ -73,7 +73,7 @@ class DataDirLock:
         self._descriptor: int | None = descriptor
 
     @classmethod
-    def acquire(cls, data_dir: Path) -> "DataDirLock":
+    def acquire(cls, data_dir: Path) -> DataDirLock:
         path = Path(data_dir) / LOCK_FILE_NAME
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
@@ -92,7 +92,7 @@ class DataDirLock:
             os.close(self._descriptor)  # closing drops the flock
             self._descriptor = None
 
-    def __enter__(self) -> "DataDirLock":
+    def __enter__(self) -> DataDirLock:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,7 +9,8 @@ API) the same errors have OpenAI's shape, ``{"error": {"message", "type",
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from sanic import HTTPResponse, Request, Sanic
@@ -252,7 +253,7 @@ class ErrorRenderingRequest(Request):
 
     __slots__ = ()
 
-    def __init__(self, url_bytes: bytes, *args, **kwargs):
+    def __init__(self, url_bytes: bytes, *args: Any, **kwargs: Any) -> None:
         try:
             super().__init__(url_bytes, *args, **kwargs)
         except (BadRequest, URITooLong):
@@ -261,7 +262,7 @@ class ErrorRenderingRequest(Request):
             super().__init__(b"/", *args, **kwargs)
 
 
-def install(app: Sanic) -> None:
+def install(app: Sanic[Any, Any]) -> None:
     """The one handler for every error, a request class that can render any of them, and a log without secrets."""
     app.request_class = ErrorRenderingRequest
     app.error_handler.add(Exception, render_error)

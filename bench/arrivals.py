@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import orjson
 
@@ -56,7 +57,7 @@ class _ArrivalTally(Tally):
 
     __slots__ = ()
 
-    @property  # type: ignore[override]
+    @property
     def attached_ns(self) -> int:
         return 0
 
@@ -185,8 +186,8 @@ class Submissions:
                 elapsed_ms.append((time.monotonic_ns() - started) / 1e6)
                 failed += status != 201 or "token" not in body
         result = row(self.name, "http", self.count, Totals(), window, server)
-        server_s = window.meters["server"].used_s  # type: ignore[union-attr]
-        loop_s = window.meters["loop"].used_s  # type: ignore[union-attr]
+        server_s = window.used_s("server")
+        loop_s = window.used_s("loop")
         result.update({
             "failed_streams": failed, "delivered": None, "lost": None, "duplicated": None, "out_of_order": None,
             "p50_ms": statistics.median(elapsed_ms), "p99_ms": _quantile(elapsed_ms, 0.99),

@@ -29,7 +29,7 @@ CONNECT_TIMEOUT_S = 30.0
 class Totals:
     """What every stream of one run delivered; latencies in nanoseconds."""
 
-    latencies_ns: array = field(default_factory=lambda: array("q"))
+    latencies_ns: array[int] = field(default_factory=lambda: array("q"))
     delivered: int = 0
     lost: int = 0
     duplicated: int = 0

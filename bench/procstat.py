@@ -22,7 +22,8 @@ def cpu_split_s(pid: int, tree: bool = False) -> tuple[float, float]:
     """
     fields = _stat(pid)
     # fields[0] is field 3 (state), so utime (14) and stime (15) are at 11 and 12.
-    user, system = int(fields[11]), int(fields[12])
+    user: float = int(fields[11])
+    system: float = int(fields[12])
     if tree:
         user, system = user + int(fields[13]), system + int(fields[14])
         for child in children(pid):
@@ -90,7 +91,7 @@ class CpuMeter:
             return usage.ru_utime, usage.ru_stime
         return cpu_split_s(self.pid, self.tree)
 
-    def start(self) -> "CpuMeter":
+    def start(self) -> CpuMeter:
         self.started = self.read()
         return self
 

@@ -51,7 +51,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     cells += [[cell(row, key, fmt) for key, _, fmt in COLUMNS] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     lines = [" | ".join(text.rjust(width) if i > 1 else text.ljust(width)
-                        for i, (text, width) in enumerate(zip(line, widths))) for line in cells]
+                        for i, (text, width) in enumerate(zip(line, widths, strict=True))) for line in cells]
     lines.insert(1, "-+-".join("-" * width for width in widths))
     return "\n".join(lines)
 

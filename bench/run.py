@@ -32,7 +32,7 @@ ARRIVAL_FIRST_TOKEN_MS = 1000 // PACED_RATE  # an arriving answer: its first tok
 def scenarios(quick: bool) -> dict[str, Any]:
     paced_tokens = 75 if quick else 250  # 3 s or 10 s of tokens per stream
     unpaced_tokens = 2_000 if quick else 5_000
-    all_ = [
+    all_: list[Any] = [
         Streams("paced-50", 50, paced_tokens, PACED_RATE, PACED_DELAY_MS),
         Streams("paced-200", 200, paced_tokens, PACED_RATE, PACED_DELAY_MS),
         Streams("paced-1000", 1000, paced_tokens, PACED_RATE, PACED_DELAY_MS),
@@ -54,7 +54,7 @@ class UpstreamProcess:
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "UpstreamProcess":
+    def __enter__(self) -> UpstreamProcess:
         self.process = subprocess.Popen([sys.executable, "-m", "bench.upstream", str(self.port)], cwd=ROOT,
                                         stdout=subprocess.PIPE)
         line = self.process.stdout.readline()  # type: ignore[union-attr]

@@ -14,15 +14,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import orjson
 
-from bench.clients import (READERS, DirectReader, Exchange, ExchangePool, Tally, Totals, direct_request,
-                           open_reader, post_request)
+from bench.clients import (
+    READERS,
+    DirectReader,
+    Exchange,
+    ExchangePool,
+    Tally,
+    Totals,
+    direct_request,
+    open_reader,
+    post_request,
+)
 from bench.procstat import CpuMeter, memory_kb
 from bench.profile import profiled
 from tests.support.server import ROOT, ServerProcess
@@ -77,7 +87,7 @@ class Bench:
 class SwitchedServer(ServerProcess):
     """The server started through ``bench.serve``, which swaps the model's HTTP client."""
 
-    def start(self, timeout_s: float = 20.0) -> "SwitchedServer":
+    def start(self, timeout_s: float = 20.0) -> SwitchedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "bench.serve"], cwd=ROOT,
@@ -106,7 +116,7 @@ class Window:
                        "loadgen": CpuMeter(None)}
         self.wall_s = 0.0
 
-    def __enter__(self) -> "Window":
+    def __enter__(self) -> Window:
         for meter in self.meters.values():
             if meter is not None:
                 meter.start()
@@ -118,6 +128,12 @@ class Window:
         for meter in self.meters.values():
             if meter is not None:
                 meter.stop()
+
+    def used_s(self, name: str) -> float:
+        """CPU seconds of a meter the row must have (the server's: every row runs one)."""
+        meter = self.meters[name]
+        assert meter is not None, f"nothing to measure as {name!r}"
+        return meter.used_s
 
     def per_token_us(self, name: str, tokens: int) -> float | None:
         meter = self.meters[name]
@@ -132,7 +148,9 @@ def latency_figures(totals: Totals) -> dict[str, float | None]:
     values = sorted(totals.latencies_ns)
     if not values:
         return {"p50_ms": None, "p99_ms": None, "max_ms": None}
-    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))] / 1e6  # noqa: E731
+    def pick(q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] / 1e6
+
     return {"p50_ms": pick(0.50), "p99_ms": pick(0.99), "max_ms": values[-1] / 1e6}
 
 
@@ -140,7 +158,7 @@ def row(scenario: str, transport: str, streams: int, totals: Totals, window: Win
         server: ServerProcess | None, tokens_span_s: float | None = None) -> dict[str, Any]:
     delivered = totals.delivered
     span_s = tokens_span_s or window.wall_s
-    loadgen_s = window.meters["loadgen"].used_s  # type: ignore[union-attr]
+    loadgen_s = window.used_s("loadgen")
     peak = memory_kb(server.process.pid, tree=True)["VmHWM"] / 1024 if server and server.process else None
     return {
         "scenario": scenario, "transport": transport, "streams": streams, "delivered": delivered,
@@ -248,7 +266,7 @@ class Setup:
         self.meter = CpuMeter(server_pid, tree=True) if server_pid else None
         self.wall_s = 0.0
 
-    def __enter__(self) -> "Setup":
+    def __enter__(self) -> Setup:
         if self.meter is not None:
             self.meter.start()
         self._started = time.monotonic()
@@ -278,7 +296,8 @@ async def _go(bench: Bench, group: int, streams: int) -> None:
     """Start the group's streams, once all ``streams`` of them have reached the upstream."""
     _, exchange = await asyncio.get_running_loop().create_connection(Exchange, "127.0.0.1", bench.upstream_port)
     try:
-        status, _ = await exchange.request(post_request(f"127.0.0.1:{bench.upstream_port}", f"/go/{group}/{streams}", b""))
+        status, _ = await exchange.request(post_request(f"127.0.0.1:{bench.upstream_port}",
+                                                        f"/go/{group}/{streams}", b""))
         if status != 200:
             raise RuntimeError(f"the upstream refused the go: {status}")
     finally:
@@ -353,7 +372,7 @@ class Idle:
             "held": held, "failed_streams": self.readers - held,
             "connect_errors": sum(1 for r in results if isinstance(r, BaseException)),
             "kb_per_connection": (after_kb - before_kb) / held if held else None,
-            "server_us_per_connection": window.meters["server"].used_s / held * 1e6 if held else None,
+            "server_us_per_connection": window.used_s("server") / held * 1e6 if held else None,
             "tokens_per_s": None, "server_us_per_token": None, "loop_us_per_token": None,
             "loadgen_us_per_token": None,
         })
@@ -402,9 +421,9 @@ class Replay:
             "p50_ms": statistics.median(elapsed_ms), "p99_ms": max(elapsed_ms), "max_ms": max(elapsed_ms),
             "first_ms": elapsed_ms[0], "events_per_read": events, "reads": self.repeats,
             "tokens_per_s": events / (statistics.median(elapsed_ms) / 1e3),
-            "server_us_per_token": window.meters["server"].used_s / (events * self.repeats) * 1e6,
-            "loop_us_per_token": window.meters["loop"].used_s / (events * self.repeats) * 1e6,
-            "loadgen_us_per_token": window.meters["loadgen"].used_s / (events * self.repeats) * 1e6,
+            "server_us_per_token": window.used_s("server") / (events * self.repeats) * 1e6,
+            "loop_us_per_token": window.used_s("loop") / (events * self.repeats) * 1e6,
+            "loadgen_us_per_token": window.used_s("loadgen") / (events * self.repeats) * 1e6,
         })
         return result
 

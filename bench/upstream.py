@@ -77,12 +77,12 @@ class Pacer:
     SLOT_NS = 1_000_000
 
     def __init__(self) -> None:
-        self._slots: dict[int, list["Stream"]] = {}
+        self._slots: dict[int, list[Stream]] = {}
         self._order: list[int] = []  # heap of slot numbers with streams in them
         self._timer: asyncio.TimerHandle | None = None
         self._armed_slot = 0
 
-    def schedule(self, due_ns: int, stream: "Stream") -> None:
+    def schedule(self, due_ns: int, stream: Stream) -> None:
         slot = -(-due_ns // self.SLOT_NS)  # rounded up: never early
         bucket = self._slots.get(slot)
         if bucket is not None:
@@ -119,7 +119,7 @@ class Pacer:
 class Stream:
     """One streamed answer on one connection."""
 
-    def __init__(self, connection: "Connection", params: dict[str, int], usage: bool):
+    def __init__(self, connection: Connection, params: dict[str, int], usage: bool):
         self.connection = connection
         self.n = params["n"]
         self.rate = params["rate"]
@@ -188,7 +188,7 @@ class Stream:
 class Connection(asyncio.Protocol):
     """HTTP/1.1 with keep-alive: one request at a time, a Content-Length body."""
 
-    def __init__(self, server: "Upstream"):
+    def __init__(self, server: Upstream):
         self.server = server
         self.buffer = b""
         self.transport: asyncio.Transport | None = None

@@ -42,7 +42,7 @@ class Event:
         self.encoded: list[bytes | None] | None = None
 
     @classmethod
-    def make(cls, channel: str, id: int, type: str, data: dict[str, Any]) -> "Event":
+    def make(cls, channel: str, id: int, type: str, data: dict[str, Any]) -> Event:
         return cls(channel, id, type, compact_json(data))
 
     @property

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from channels.events import CANCELLED, DELTA, DONE, ERROR, INTERRUPTED, USAGE
+from channels.presence import Presence
 from channels.store import ChannelClosed, Store, UnknownChannel
 from llm.base import NO_OPTIONS, ModelError, ModelOptions, Provider
-from channels.presence import Presence
 
 log = logging.getLogger("chime.generation")
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Iterable, Protocol, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 from channels.events import Event
 
@@ -39,7 +40,7 @@ class Follower:
 
     __slots__ = ("write", "after", "done", "last_write", "timer")
 
-    def __init__(self, write: DirectWrite, after: int, done: "asyncio.Future[bool]", now: float):
+    def __init__(self, write: DirectWrite, after: int, done: asyncio.Future[bool], now: float):
         self.write = write
         self.after = after
         self.done = done          # True: handed back (refused, gap, terminal, woken); False: quiet

@@ -16,9 +16,8 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
-
 
 WINDOW_S = 60.0
 # A full running limit frees up when an answer ends: ask to retry soon.

@@ -9,7 +9,7 @@ deleted, or when the server shuts down.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from channels.events import Event
 from channels.hub import DirectWrite, Hub, LogReader
@@ -18,7 +18,7 @@ REPLAY_PAGE_EVENTS = 2_000
 
 
 async def replay_then_live(store: LogReader, hub: Hub, channel: str, after: int, keepalive_s: float | None,
-                           direct: DirectWrite | None = None) -> AsyncIterator[list[Event]]:
+                           direct: DirectWrite | None = None) -> AsyncGenerator[list[Event], None]:
     """See the module docstring. With ``direct``, live events once caught up are written
     through it as they are committed and not yielded (see ``Feed.follow``)."""
     feed = hub.acquire(channel)

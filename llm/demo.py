@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from llm.base import NO_OPTIONS, Chunk, ModelOptions
 

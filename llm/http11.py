@@ -26,7 +26,8 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx2
 
@@ -95,7 +96,9 @@ async def _wait(future: asyncio.Future[None], timeout: float | None, error: type
         await future
         return
     loop = asyncio.get_running_loop()
-    timer = loop.call_later(timeout, lambda: future.done() or future.set_exception(error("timed out")))
+    # The lambda's value is unused: ``or`` only skips set_exception on a future already done.
+    timer = loop.call_later(timeout, lambda: future.done() or future.set_exception(  # type: ignore[func-returns-value]
+        error("timed out")))
     try:
         await future
     finally:
@@ -218,7 +221,7 @@ class _Body(httpx2.AsyncByteStream):
     connection's one watchdog timer follows it without a timer per read.
     """
 
-    def __init__(self, owner: "LeanTransport", connection: _Connection, headers: list[tuple[bytes, bytes]],
+    def __init__(self, owner: LeanTransport, connection: _Connection, headers: list[tuple[bytes, bytes]],
                  bodyless: bool, timeout: float | None):
         self.owner = owner
         self.connection = connection
@@ -395,7 +398,7 @@ class LeanTransport(httpx2.AsyncBaseTransport):
             raise httpx2.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
         except (OSError, ssl.SSLError) as exc:
             raise httpx2.ConnectError(str(exc) or type(exc).__name__) from exc
-        return _Connection(key, transport, protocol)  # type: ignore[arg-type]
+        return _Connection(key, transport, protocol)
 
     async def aclose(self) -> None:
         for idle in self._idle.values():

@@ -26,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx2
 import openai
@@ -38,6 +39,9 @@ from llm.base import NO_OPTIONS, Chunk, ModelError, ModelOptions
 from llm.http11 import LeanBody, LeanTransport
 from retry_after import parse_retry_after
 from settings import Settings
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 log = logging.getLogger("chime.model")
 
@@ -188,7 +192,7 @@ class OpenAIProvider:
         if max_tokens is not None:
             extra["max_tokens"] = max_tokens
         async with self.client.chat.completions.with_streaming_response.create(
-                model=self.model, messages=messages, stream=True,  # type: ignore[arg-type]
+                model=self.model, messages=cast("list[ChatCompletionMessageParam]", messages), stream=True,
                 stream_options={"include_usage": True}, **extra) as response:
             yield response
 
@@ -278,7 +282,7 @@ class OpenAIProvider:
         """Exponential backoff with jitter, at least what upstream asked; None: not worth waiting."""
         if retry_after_s is not None and retry_after_s > MAX_RETRY_AFTER_S:
             return None
-        backoff_s = min(MAX_BACKOFF_S, self.retry_base_s * 2 ** attempt)
+        backoff_s = min(MAX_BACKOFF_S, self.retry_base_s * 2.0 ** attempt)
         backoff_s *= random.uniform(0.5, 1.0)  # spread out clients that failed together
         return max(backoff_s, retry_after_s or 0.0)
 

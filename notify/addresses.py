@@ -139,7 +139,7 @@ async def resolve_public(endpoint: Endpoint, timeout_s: float = RESOLVE_TIMEOUT_
     try:
         infos = await asyncio.wait_for(
             loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM), timeout_s)
-    except (OSError, asyncio.TimeoutError, UnicodeError):
+    except (TimeoutError, OSError, UnicodeError):
         raise RefusedEndpoint("endpoint's host could not be resolved.") from None
     addresses = [_address(info[4]) for info in infos]
     if not addresses or not all(is_public(address) for address in addresses):

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
+
 from channels.generation import Completion
 from channels.store import PushSubscription, Store
 from metrics import Metrics
@@ -54,7 +55,7 @@ class RetryPolicy:
     def delay_s(self, retry: int, retry_after_s: float | None) -> float:
         if retry_after_s is not None:
             return min(retry_after_s, self.max_delay_s)
-        backoff = self.base_s * 2 ** retry
+        backoff = self.base_s * 2.0 ** retry
         return min(backoff * random.uniform(1.0, 1.5), self.max_delay_s)
 
 

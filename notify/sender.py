@@ -9,7 +9,6 @@ turns into retry, delete or give up.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -79,22 +78,22 @@ class WebPushSender:
             response = await webpush_async(
                 {"endpoint": subscription.endpoint, "keys": {"p256dh": subscription.p256dh,
                                                             "auth": subscription.auth}},
-                data=payload,  # type: ignore[arg-type]  # bytes are sent as they are
+                data=payload,  # bytes are sent as they are
                 vapid_private_key=self.keys.signer, vapid_claims=claims,
-                content_encoding="aes128gcm", ttl=ttl_s, timeout=self.timeout,  # type: ignore[arg-type]
+                content_encoding="aes128gcm", ttl=ttl_s, timeout=self.timeout,
                 headers={"Urgency": URGENCY, "Topic": topic},
-                aiohttp_session=_WithoutRedirects(self._session))  # type: ignore[arg-type]
+                aiohttp_session=_WithoutRedirects(self._session))
         except WebPushException as exc:
             return _refused(exc)
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, BlockedAddress):
                 return SendResult(blocked=True, error=str(exc.os_error))
             return SendResult(error=type(exc).__name__)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return SendResult(error=type(exc).__name__)
         except VapidException as exc:  # e.g. an IPv6-literal origin, which py_vapid cannot sign for
             return SendResult(blocked=True, error=f"cannot sign for this endpoint: {exc}")
-        return SendResult(status=response.status)  # type: ignore[union-attr]
+        return SendResult(status=response.status)
 
     async def close(self) -> None:
         await self._session.close()

@@ -41,7 +41,7 @@ class VapidKeys:
         self.public_key = encode_base64url(point)
 
     @classmethod
-    def load_or_create(cls, data_dir: Path) -> "VapidKeys":
+    def load_or_create(cls, data_dir: Path) -> VapidKeys:
         path = Path(data_dir) / KEY_FILE_NAME
         if not path.exists():
             _create(path)

@@ -15,7 +15,7 @@ import hmac
 from dataclasses import dataclass
 from typing import Any
 
-from sanic import Blueprint, Request
+from sanic import Blueprint
 from sanic.response import HTTPResponse, empty, json
 
 from channels.answers import ConversationFor
@@ -26,6 +26,7 @@ from routes.chat import checked_message
 from routes.encoders import ai_sdk as wire
 from routes.params import MAX_EVENT_ID, json_object, non_negative_int, query_value
 from routes.streams import stream_http
+from services import ChimeRequest
 
 bp = Blueprint("ai_sdk")
 
@@ -96,7 +97,7 @@ def last_user_text(messages: object) -> str:
 
 
 @bp.post("/api/ai/chat")
-async def chat(request: Request) -> None:
+async def chat(request: ChimeRequest) -> None:
     ctx = request.app.ctx
     user_id = await user_for(request)
     turn = chat_turn(json_object(request))
@@ -111,7 +112,7 @@ async def chat(request: Request) -> None:
 
 # ---- the chat's answers -------------------------------------------------------------
 
-async def chat_messages(request: Request, chat_id: str) -> list[MessageRecord]:
+async def chat_messages(request: ChimeRequest, chat_id: str) -> list[MessageRecord]:
     """The stored turns of the requester's chat; none without identity or before its first question."""
     user_id = await user_for(request)
     if user_id is None:
@@ -130,7 +131,7 @@ def answer_channels(messages: list[MessageRecord], *, running_only: bool) -> lis
             and (m.status == "running" or not running_only)]
 
 
-async def latest_answer(request: Request, chat_id: str, *, running_only: bool) -> ChannelRecord | None:
+async def latest_answer(request: ChimeRequest, chat_id: str, *, running_only: bool) -> ChannelRecord | None:
     store = request.app.ctx.store
     for channel in answer_channels(await chat_messages(request, chat_id), running_only=running_only):
         record: ChannelRecord | None = await store.get_channel(channel)
@@ -149,7 +150,7 @@ class Position:
     from_end: bool = False
 
 
-def stream_position(request: Request) -> Position | None:
+def stream_position(request: ChimeRequest) -> Position | None:
     """``Last-Event-ID`` (resume after that part), else ``?startIndex=N``; None: from the start."""
     last_seen = non_negative_int(request.headers.get("last-event-id"), "Last-Event-ID")
     if last_seen is not None:
@@ -163,7 +164,7 @@ def stream_position(request: Request) -> Position | None:
 
 
 @bp.get("/api/ai/chat/<chat_id:str>/stream", unquote=True)
-async def resume(request: Request, chat_id: str) -> HTTPResponse | None:
+async def resume(request: ChimeRequest, chat_id: str) -> HTTPResponse | None:
     """Without a position, the running answer from its start (204 when none runs). A position
     is a client resuming an answer it has read part of: the chat's latest answer, running
     or ended since, from there (204 when nothing is left after it)."""
@@ -189,7 +190,7 @@ async def resume(request: Request, chat_id: str) -> HTTPResponse | None:
 # ---- POST /api/ai/chat/{id}/stop, GET /api/ai/chat/{id} ------------------------------
 
 @bp.post("/api/ai/chat/<chat_id:str>/stop", unquote=True)
-async def stop(request: Request, chat_id: str) -> HTTPResponse:
+async def stop(request: ChimeRequest, chat_id: str) -> HTTPResponse:
     generations = request.app.ctx.generations
     stopped = False
     for channel in answer_channels(await chat_messages(request, chat_id), running_only=True):
@@ -198,7 +199,7 @@ async def stop(request: Request, chat_id: str) -> HTTPResponse:
 
 
 @bp.get("/api/ai/chat/<chat_id:str>", unquote=True)
-async def history(request: Request, chat_id: str) -> HTTPResponse:
+async def history(request: ChimeRequest, chat_id: str) -> HTTPResponse:
     """The stored conversation as UI messages; an answer's id is its channel, the ``start``
     part's ``messageId``, so a resumed stream replaces that message instead of adding one."""
     store = request.app.ctx.store

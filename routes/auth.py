@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from sanic import HTTPResponse, Request
+from sanic import HTTPResponse
 
 from channels.store import Store
 from errors import Unauthenticated
+from services import ChimeRequest
 
 COOKIE = "chime_token"
 COOKIE_MAX_AGE_S = 400 * 24 * 3600
@@ -34,23 +35,24 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def presented_token(request: Request, *, allow_query: bool = False) -> str | None:
+def presented_token(request: ChimeRequest, *, allow_query: bool = False) -> str | None:
     """The token the request carries: bearer header, else cookie, else (streams only) query."""
-    header = request.headers.get("authorization")
+    header: str | None = request.headers.get("authorization")
     if header is not None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("The Authorization header must be 'Bearer <token>'.")
         return token.strip()
-    cookie = request.cookies.get(COOKIE)
+    cookie: str | None = request.cookies.get(COOKIE)
     if cookie:
         return cookie
     if allow_query:
-        return request.args.get("access_token") or None
+        query_token: str | None = request.args.get("access_token")
+        return query_token or None
     return None
 
 
-async def user_for(request: Request, *, allow_query: bool = False) -> str | None:
+async def user_for(request: ChimeRequest, *, allow_query: bool = False) -> str | None:
     """The user the request identifies; None without identity; 401 for an unknown token."""
     token = presented_token(request, allow_query=allow_query)
     if token is None:
@@ -63,7 +65,7 @@ async def user_for(request: Request, *, allow_query: bool = False) -> str | None
     return user_id
 
 
-async def require_user(request: Request, *, allow_query: bool = False) -> str:
+async def require_user(request: ChimeRequest, *, allow_query: bool = False) -> str:
     user_id = await user_for(request, allow_query=allow_query)
     if user_id is None:
         raise Unauthenticated()

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from sanic import Blueprint, Request
+from sanic import Blueprint
 from sanic.response import HTTPResponse, empty, json
 
 from errors import AlreadyFinished, InvalidJson
 from routes.auth import require_user
 from routes.params import json_object
 from routes.streams import owned_channel
+from services import ChimeRequest
 
 bp = Blueprint("channels")
 
 
 @bp.get("/api/channels/<channel_id:str>")
-async def get_channel(request: Request, channel_id: str) -> HTTPResponse:
+async def get_channel(request: ChimeRequest, channel_id: str) -> HTTPResponse:
     store = request.app.ctx.store
     record = await owned_channel(request, channel_id, await require_user(request))
     return json({
@@ -31,7 +32,7 @@ async def get_channel(request: Request, channel_id: str) -> HTTPResponse:
 
 
 @bp.post("/api/channels/<channel_id:str>/cancel")
-async def cancel(request: Request, channel_id: str) -> HTTPResponse:
+async def cancel(request: ChimeRequest, channel_id: str) -> HTTPResponse:
     record = await owned_channel(request, channel_id, await require_user(request))
     if not record.running or not await request.app.ctx.generations.stop(record.id):
         raise AlreadyFinished()
@@ -39,7 +40,7 @@ async def cancel(request: Request, channel_id: str) -> HTTPResponse:
 
 
 @bp.post("/api/channels/<channel_id:str>/presence")
-async def presence(request: Request, channel_id: str) -> HTTPResponse:
+async def presence(request: ChimeRequest, channel_id: str) -> HTTPResponse:
     user_id = await require_user(request)
     body = json_object(request)
     visible = body.get("visible")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from sanic import Blueprint, Request
+from sanic import Blueprint
 from sanic.response import HTTPResponse, json
 
 from errors import InvalidMessage, InvalidParameter, Unavailable
 from routes.auth import set_cookie, user_for
 from routes.params import json_object
 from routes.streams import accepts_event_stream, stream_sse
+from services import ChimeRequest
 
 bp = Blueprint("chat")
 
@@ -16,7 +17,7 @@ MAX_MESSAGE_CHARS = 32_000
 
 
 @bp.post("/api/users")
-async def create_user(request: Request) -> HTTPResponse:
+async def create_user(request: ChimeRequest) -> HTTPResponse:
     """A new anonymous user; a request carrying an unknown or malformed token gets 401 like anywhere."""
     await user_for(request)
     request.app.ctx.limits.admit_new_user(request.client_ip)
@@ -25,7 +26,7 @@ async def create_user(request: Request) -> HTTPResponse:
 
 
 @bp.post("/api/chat")
-async def submit(request: Request) -> HTTPResponse | None:
+async def submit(request: ChimeRequest) -> HTTPResponse | None:
     ctx = request.app.ctx
     user_id = await user_for(request)
     body = json_object(request)

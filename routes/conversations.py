@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from sanic import Blueprint, Request
+from sanic import Blueprint
 from sanic.response import HTTPResponse, empty, json
 
 from channels.store import ConversationRecord
 from errors import NotFound
 from routes.auth import require_user
+from services import ChimeRequest
 
 bp = Blueprint("conversations")
 
 
-async def owned_conversation(request: Request, conversation_id: str) -> ConversationRecord:
+async def owned_conversation(request: ChimeRequest, conversation_id: str) -> ConversationRecord:
     user_id = await require_user(request)
     conversation = await request.app.ctx.store.get_conversation(conversation_id)
     if conversation is None or conversation.user_id != user_id:
@@ -21,7 +22,7 @@ async def owned_conversation(request: Request, conversation_id: str) -> Conversa
 
 
 @bp.get("/api/conversations")
-async def list_conversations(request: Request) -> HTTPResponse:
+async def list_conversations(request: ChimeRequest) -> HTTPResponse:
     user_id = await require_user(request)
     conversations = await request.app.ctx.store.list_conversations(user_id)
     return json({"conversations": [
@@ -30,7 +31,7 @@ async def list_conversations(request: Request) -> HTTPResponse:
 
 
 @bp.get("/api/conversations/<conversation_id:str>")
-async def get_conversation(request: Request, conversation_id: str) -> HTTPResponse:
+async def get_conversation(request: ChimeRequest, conversation_id: str) -> HTTPResponse:
     store = request.app.ctx.store
     conversation = await owned_conversation(request, conversation_id)
     messages = []
@@ -44,7 +45,7 @@ async def get_conversation(request: Request, conversation_id: str) -> HTTPRespon
 
 
 @bp.delete("/api/conversations/<conversation_id:str>")
-async def delete_conversation(request: Request, conversation_id: str) -> HTTPResponse:
+async def delete_conversation(request: ChimeRequest, conversation_id: str) -> HTTPResponse:
     ctx = request.app.ctx
     conversation = await owned_conversation(request, conversation_id)
     for m in await ctx.store.messages(conversation.id):

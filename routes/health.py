@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sanic import Blueprint, Request
+from sanic import Blueprint
 from sanic.response import HTTPResponse, json, text
 
 from errors import Unavailable
+from services import ChimeRequest
 
 bp = Blueprint("health")
 
@@ -14,7 +15,7 @@ UNWRITABLE_RETRY_AFTER_S = 2
 
 
 @bp.get("/healthz")
-async def healthz(request: Request) -> HTTPResponse:
+async def healthz(request: ChimeRequest) -> HTTPResponse:
     """200 while the store can be written; 503 ``unavailable`` while it cannot (a lock held by
     another process, a stuck writer), so a balancer sends traffic elsewhere."""
     if not await request.app.ctx.store.writable():
@@ -23,5 +24,5 @@ async def healthz(request: Request) -> HTTPResponse:
 
 
 @bp.get("/metrics")
-async def metrics(request: Request) -> HTTPResponse:
+async def metrics(request: ChimeRequest) -> HTTPResponse:
     return text(request.app.ctx.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sanic import Blueprint, Request
+from sanic import Blueprint
 from sanic.response import HTTPResponse, json
 
 from channels.events import DONE, ERROR, Event
@@ -29,6 +29,7 @@ from routes.encoders.openai_chat import ChunkStream, CompletionFacts
 from routes.encoders.openai_responses import Echo, ResponseFacts, ResponseStream
 from routes.params import json_object, non_negative_int, query_value
 from routes.streams import owned_channel, stream_http, subscribe
+from services import ChimeRequest
 from settings import Settings
 
 bp = Blueprint("openai", url_prefix="/v1")
@@ -74,13 +75,13 @@ def model_object(name: str) -> dict[str, Any]:
 
 
 @bp.get("/models")
-async def list_models(request: Request) -> HTTPResponse:
+async def list_models(request: ChimeRequest) -> HTTPResponse:
     await require_user(request)
     return json({"object": "list", "data": [model_object(name) for name in offered_models(request.app.ctx.settings)]})
 
 
 @bp.get("/models/<model:path>")
-async def get_model(request: Request, model: str) -> HTTPResponse:
+async def get_model(request: ChimeRequest, model: str) -> HTTPResponse:
     await require_user(request)
     if model not in offered_models(request.app.ctx.settings):
         raise ModelNotFound(f"The model {model!r} does not exist here; GET /v1/models lists those that do.")
@@ -180,10 +181,10 @@ def last_user_text(messages: list[dict[str, str]], param: str) -> str:
 
 # ---- starting and waiting -------------------------------------------------------------------
 
-async def start(request: Request, user_id: str, turn: str, context: list[dict[str, str]],
+async def start(request: ChimeRequest, user_id: str, turn: str, context: list[dict[str, str]],
                 options: ModelOptions, conversation_id: str | None = None) -> ChannelRecord:
     """Start the answer (the answers service, as every front door) and return its channel's record."""
-    ctx: Any = request.app.ctx
+    ctx = request.app.ctx
     if ctx.stopping:
         raise Unavailable()
     submitted = await ctx.answers.submit(user_id, turn, conversation_id, request.client_ip,
@@ -192,7 +193,7 @@ async def start(request: Request, user_id: str, turn: str, context: list[dict[st
     return await owned_channel(request, submitted.channel, user_id)
 
 
-async def ending_of(request: Request, record: ChannelRecord) -> Event:
+async def ending_of(request: ChimeRequest, record: ChannelRecord) -> Event:
     """The channel's terminal event, waiting for it while the answer runs."""
     async with subscribe(request, record.id, max(0, record.last_event_id - 1), "openai", None) as subscription:
         async for batch in subscription.batches:
@@ -239,8 +240,8 @@ def chat_request(body: dict[str, Any], settings: Settings) -> ChatRequest:
 
 
 @bp.post("/chat/completions")
-async def chat_completions(request: Request) -> HTTPResponse | None:
-    ctx: Any = request.app.ctx
+async def chat_completions(request: ChimeRequest) -> HTTPResponse | None:
+    ctx = request.app.ctx
     user_id = await require_user(request)
     asked = chat_request(json_object(request), ctx.settings)
     record = await start(request, user_id, asked.turn, asked.messages, asked.options)
@@ -294,7 +295,7 @@ def responses_request(body: dict[str, Any], settings: Settings) -> ResponsesRequ
                             ModelOptions(temperature=temperature, max_tokens=max_output_tokens))
 
 
-async def owned_response(request: Request, response_id: str, user_id: str, param: str | None = None
+async def owned_response(request: ChimeRequest, response_id: str, user_id: str, param: str | None = None
                          ) -> ChannelRecord:
     channel = openai_responses.channel_of(response_id)
     try:
@@ -318,16 +319,16 @@ async def previous_response_id(store: Store, record: ChannelRecord) -> str | Non
     return None
 
 
-async def response_facts(request: Request, record: ChannelRecord, echo: Echo = openai_responses.READ_BACK
+async def response_facts(request: ChimeRequest, record: ChannelRecord, echo: Echo = openai_responses.READ_BACK
                          ) -> ResponseFacts:
     previous = await previous_response_id(request.app.ctx.store, record)
     return ResponseFacts(record.id, record.model, epoch_seconds(record.created_at), previous, echo)
 
 
-async def context_for(request: Request, asked: ResponsesRequest, conversation_id: str | None
+async def context_for(request: ChimeRequest, asked: ResponsesRequest, conversation_id: str | None
                       ) -> list[dict[str, str]]:
     """``instructions`` as the system message, the continued conversation's turns, then ``input``."""
-    ctx: Any = request.app.ctx
+    ctx = request.app.ctx
     system = [{"role": "system", "content": asked.echo.instructions}] if asked.echo.instructions else []
     if conversation_id is None:
         return system + asked.input
@@ -338,8 +339,8 @@ async def context_for(request: Request, asked: ResponsesRequest, conversation_id
 
 
 @bp.post("/responses")
-async def create_response(request: Request) -> HTTPResponse | None:
-    ctx: Any = request.app.ctx
+async def create_response(request: ChimeRequest) -> HTTPResponse | None:
+    ctx = request.app.ctx
     user_id = await require_user(request)
     asked = responses_request(json_object(request), ctx.settings)
     conversation_id = None
@@ -360,7 +361,7 @@ async def create_response(request: Request) -> HTTPResponse | None:
     return json(await current_response(request, record, facts), headers=channel_headers(record.id))
 
 
-async def current_response(request: Request, record: ChannelRecord, facts: ResponseFacts) -> dict[str, Any]:
+async def current_response(request: ChimeRequest, record: ChannelRecord, facts: ResponseFacts) -> dict[str, Any]:
     """The Response as the channel is now (its record, read just before)."""
     store = request.app.ctx.store
     text = await store.channel_content(record.id)
@@ -371,7 +372,7 @@ async def current_response(request: Request, record: ChannelRecord, facts: Respo
 
 
 @bp.get("/responses/<response_id:str>")
-async def get_response(request: Request, response_id: str) -> HTTPResponse | None:
+async def get_response(request: ChimeRequest, response_id: str) -> HTTPResponse | None:
     user_id = await require_user(request)
     stream = stream_flag(query_value(request, "stream"))
     starting_after = non_negative_int(query_value(request, "starting_after"), "starting_after")
@@ -392,7 +393,7 @@ def stream_flag(raw: str | None) -> bool:
     raise InvalidField("stream", "stream must be true or false.")
 
 
-async def stream_response(request: Request, record: ChannelRecord, stream: ResponseStream) -> None:
+async def stream_response(request: ChimeRequest, record: ChannelRecord, stream: ResponseStream) -> None:
     """The Responses event stream of the channel, from after ``stream.skip_through``, live to its end."""
     after = await skip_to_start(request.app.ctx.store, record.id, stream)
     headers = channel_headers(record.id, openai_responses.HEADERS)
@@ -423,8 +424,8 @@ async def skip_to_start(store: Store, channel: str, stream: ResponseStream) -> i
 
 
 @bp.post("/responses/<response_id:str>/cancel")
-async def cancel_response(request: Request, response_id: str) -> HTTPResponse:
-    ctx: Any = request.app.ctx
+async def cancel_response(request: ChimeRequest, response_id: str) -> HTTPResponse:
+    ctx = request.app.ctx
     user_id = await require_user(request)
     record = await owned_response(request, response_id, user_id)
     if record.running:

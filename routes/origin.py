@@ -14,11 +14,11 @@ for that reason: only browsers send it, and they always do on these methods.
 
 from __future__ import annotations
 
-from typing import Iterable
-
-from sanic import Request
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
 
 from errors import CrossOrigin
+from services import ChimeRequest
 
 STATE_CHANGING = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 DEFAULT_PORTS = {"http": "80", "https": "443"}
@@ -35,20 +35,20 @@ def normalized(origin: str) -> str:
     return f"{scheme}://{authority}"
 
 
-def own_origin(request: Request) -> str:
+def own_origin(request: ChimeRequest) -> str:
     """This server's origin as the client addressed it (or as a trusted proxy forwarded it)."""
     return normalized(f"{request.scheme}://{request.host}")
 
 
-def changes_state(request: Request) -> bool:
+def changes_state(request: ChimeRequest) -> bool:
     return request.method in STATE_CHANGING or request.headers.get("upgrade", "").lower() == "websocket"
 
 
-def checker(allowed: Iterable[str]):
+def checker(allowed: Iterable[str]) -> Callable[[ChimeRequest], Coroutine[Any, Any, None]]:
     """The request middleware: 403 cross_origin for a state change from a foreign ``Origin``."""
     trusted = frozenset(normalized(origin) for origin in allowed)
 
-    async def refuse_cross_origin(request: Request) -> None:
+    async def refuse_cross_origin(request: ChimeRequest) -> None:
         origin = request.headers.get("origin")
         if origin is None or not changes_state(request):
             return

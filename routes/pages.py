@@ -8,15 +8,16 @@ even a sanitiser bug must not let an inline script or event handler run.
 from __future__ import annotations
 
 import mimetypes
-from datetime import timezone
+from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import unquote
 
-from sanic import Blueprint, Request
+from sanic import Blueprint
 from sanic.response import HTTPResponse, empty, file
 
 from errors import NotFound
+from services import ChimeRequest
 
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
 
@@ -44,38 +45,39 @@ bp = Blueprint("pages")
 
 
 @bp.get("/")
-async def chat_page(request: Request) -> HTTPResponse:
+async def chat_page(request: ChimeRequest) -> HTTPResponse:
     return await file(FRONTEND / "index.html", headers=PAGE_HEADERS)
 
 
 @bp.get("/c/<channel_id:str>")
-async def answer_page(request: Request, channel_id: str) -> HTTPResponse:
+async def answer_page(request: ChimeRequest, channel_id: str) -> HTTPResponse:
     """The page itself is public and static; it reads the answer through the API as its owner."""
     return await file(FRONTEND / "answer.html", headers=PAGE_HEADERS)
 
 
 @bp.get("/sw.js")
-async def service_worker(request: Request) -> HTTPResponse:
+async def service_worker(request: ChimeRequest) -> HTTPResponse:
     # Served at the root so its scope is the whole origin (/c/... pages included).
     return await file(FRONTEND / "sw.js", mime_type="text/javascript",
                       headers={**PAGE_HEADERS, "Service-Worker-Allowed": "/"})
 
 
 @bp.get("/manifest.webmanifest")
-async def web_app_manifest(request: Request) -> HTTPResponse:
+async def web_app_manifest(request: ChimeRequest) -> HTTPResponse:
     """The web app manifest: what makes the chat installable (and, on iOS, able to receive push)."""
     return await file(FRONTEND / "manifest.webmanifest", mime_type="application/manifest+json",
                       headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
 
 @bp.get("/apple-touch-icon.png")
-async def apple_touch_icon(request: Request) -> HTTPResponse:
+async def apple_touch_icon(request: ChimeRequest) -> HTTPResponse:
     # iOS asks for this path by name when a page links no icon (and some crawlers always do).
     return await file(FRONTEND / "icons" / "apple-touch-icon.png", mime_type="image/png")
 
 
-@bp.route("/static/<name:path>", methods=["GET", "HEAD"], name="static")
-async def static_file(request: Request, name: str) -> HTTPResponse:
+# Sanic's route() returns a handler-or-(route, handler) union, which mypy counts as untyped.
+@bp.route("/static/<name:path>", methods=["GET", "HEAD"], name="static")  # type: ignore[untyped-decorator]
+async def static_file(request: ChimeRequest, name: str) -> HTTPResponse:
     """A file under ``frontend/``; any other name (a folder, ``..``, a NUL byte, a link out) is 404.
 
     Served here rather than by ``Blueprint.static``, which answers a folder or a NUL
@@ -111,7 +113,7 @@ def unchanged_since(if_modified_since: str | None, modified: int) -> bool:
     try:
         since = parsedate_to_datetime(if_modified_since)
         if since.tzinfo is None:
-            since = since.replace(tzinfo=timezone.utc)
+            since = since.replace(tzinfo=UTC)
         return modified <= since.timestamp()
     except (TypeError, ValueError, OverflowError):  # year 0, day 31 of February, a +99:00 zone...
         return False

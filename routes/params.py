@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sanic import Request
 
 from errors import InvalidJson, InvalidParameter
+from services import ChimeRequest
 
 
-def json_object(request: Request) -> dict[str, Any]:
+def json_object(request: ChimeRequest) -> dict[str, Any]:
     """The body as a JSON object (400 invalid_json otherwise).
 
     The content type is not checked: ``sendBeacon`` sends ``text/plain`` and
@@ -25,7 +25,7 @@ def json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-def query_value(request: Request, name: str) -> str | None:
+def query_value(request: ChimeRequest, name: str) -> str | None:
     """A query parameter's first value, blank included (``?after=`` is a bad value, not a missing one)."""
     return request.get_args(keep_blank_values=True).get(name)
 

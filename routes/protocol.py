@@ -29,12 +29,12 @@ class DeadlineProtocol(WebSocketProtocol):
 
     def connection_made(self, transport: Any) -> None:
         self._request_began: float | None = None
-        super().connection_made(transport)
+        super().connection_made(transport)  # type: ignore[no-untyped-call]  # Sanic's protocol is unannotated
 
     def data_received(self, data: bytes) -> None:
         if sanic_internals.enabled and sanic_internals.starts_a_request(self):
             self._request_began = sanic_internals.current_time()
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[no-untyped-call]  # Sanic's protocol is unannotated
 
     def check_timeouts(self) -> None:
         began = self._request_began
@@ -42,4 +42,4 @@ class DeadlineProtocol(WebSocketProtocol):
                 and sanic_internals.current_time() - began > sanic_internals.request_timeout_s(self)):
             sanic_internals.end_late_request(self, RequestTimeout("The request did not arrive in time."))
             return
-        super().check_timeouts()
+        super().check_timeouts()  # type: ignore[no-untyped-call]  # Sanic's protocol is unannotated

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sanic import Blueprint, Request
+from sanic import Blueprint
 from sanic.response import HTTPResponse, empty, json
 
 from channels.store import Store
@@ -11,6 +11,7 @@ from notify.addresses import RefusedEndpoint, resolve_public
 from notify.subscriptions import InvalidKeys, parse_subscription
 from routes.auth import require_user
 from routes.params import json_object
+from services import ChimeRequest
 
 bp = Blueprint("push")
 
@@ -20,12 +21,12 @@ MAX_SUBSCRIPTIONS_PER_USER = 20
 
 
 @bp.get("/api/push/vapid-public-key")
-async def vapid_public_key(request: Request) -> HTTPResponse:
+async def vapid_public_key(request: ChimeRequest) -> HTTPResponse:
     return json({"public_key": request.app.ctx.vapid.public_key}, headers={"Cache-Control": "no-cache"})
 
 
 @bp.post("/api/push/subscriptions")
-async def subscribe(request: Request) -> HTTPResponse:
+async def subscribe(request: ChimeRequest) -> HTTPResponse:
     """Store the caller's ``PushSubscription.toJSON()``; 400 before anything is stored when it is unusable."""
     ctx = request.app.ctx
     user_id = await require_user(request)
@@ -48,7 +49,7 @@ async def _drop_oldest(store: Store, user_id: str) -> None:
 
 
 @bp.delete("/api/push/subscriptions")
-async def unsubscribe(request: Request) -> HTTPResponse:
+async def unsubscribe(request: ChimeRequest) -> HTTPResponse:
     """Remove the caller's subscription with that endpoint; 204 also when there was none (idempotent)."""
     user_id = await require_user(request)
     endpoint = json_object(request).get("endpoint")

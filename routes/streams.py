@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import orjson
-from sanic import Blueprint, Request, Sanic
+from sanic import Blueprint
 from sanic.exceptions import WebsocketClosed
 from sanic.response import HTTPResponse, empty
 
@@ -34,6 +35,7 @@ from routes.encoders import ws as ws_wire
 from routes.params import bounded_number, non_negative_int, query_value
 from routes.sanic_internals import Websocket
 from routes.ws_limits import InboundGuard
+from services import ChimeApp, ChimeRequest, Services
 
 log = logging.getLogger("chime.streams")
 
@@ -49,23 +51,23 @@ SendEvents = Callable[[list[Event]], Awaitable[None]]
 
 
 @bp.before_server_start
-async def use_sanic_internals(app: Sanic) -> None:
+async def use_sanic_internals(app: ChimeApp) -> None:
     """``CHIME_FAST_PATH``: the fast path, the flood guard's hook and the request deadline."""
     sanic_internals.configure(app.ctx.settings.fast_path)
 
 
-def accepts_event_stream(request: Request) -> bool:
+def accepts_event_stream(request: ChimeRequest) -> bool:
     return "text/event-stream" in request.headers.get("accept", "")
 
 
-async def owned_channel(request: Request, channel_id: str, user_id: str) -> ChannelRecord:
+async def owned_channel(request: ChimeRequest, channel_id: str, user_id: str) -> ChannelRecord:
     record: ChannelRecord | None = await request.app.ctx.store.get_channel(channel_id)
     if record is None or record.user_id != user_id:
         raise NotFound("No such channel.")
     return record
 
 
-def resume_point(request: Request) -> int:
+def resume_point(request: ChimeRequest) -> int:
     """``Last-Event-ID`` header, else ``last_event_id`` query; none means from the start."""
     header = request.headers.get("last-event-id")
     if header is not None:
@@ -86,14 +88,14 @@ class Subscription:
 
 
 @asynccontextmanager
-async def subscribe(request: Request, channel: str, after: int, transport: str, keepalive_s: float | None,
+async def subscribe(request: ChimeRequest, channel: str, after: int, transport: str, keepalive_s: float | None,
                     direct: DirectWrite | None = None) -> AsyncIterator[Subscription]:
     """Read ``channel`` after ``after`` (see ``replay_then_live``), attached for presence meanwhile.
 
     Every transport counts as an attached reader for as long as it reads: a
     stream until it ends, a poll while it holds the request (API.md, push).
     """
-    ctx: Any = request.app.ctx
+    ctx = request.app.ctx
     reader = ctx.presence.attach(channel)
     ctx.metrics.inc("chime_stream_readers_total", help="Readers attached to channels.", transport=transport)
     try:
@@ -103,11 +105,11 @@ async def subscribe(request: Request, channel: str, after: int, transport: str, 
         ctx.presence.detach(reader)
 
 
-async def stream_http(request: Request, channel: str, after: int, encoder: StreamEncoder, *,
+async def stream_http(request: ChimeRequest, channel: str, after: int, encoder: StreamEncoder, *,
                       content_type: str, headers: Mapping[str, str], first: bytes = b"",
                       token: str | None = None) -> None:
     """``encoder``'s stream of the channel as a streamed HTTP response, ended after the terminal event."""
-    ctx: Any = request.app.ctx
+    ctx = request.app.ctx
     response = await request.respond(content_type=content_type, headers=dict(headers))
     if token is not None:
         set_cookie(response, token, secure=request.scheme == "https")
@@ -129,7 +131,7 @@ async def stream_http(request: Request, channel: str, after: int, encoder: Strea
 # ---- SSE -----------------------------------------------------------------
 
 @bp.get("/api/channels/<channel_id:str>/events")
-async def sse(request: Request, channel_id: str) -> HTTPResponse | None:
+async def sse(request: ChimeRequest, channel_id: str) -> HTTPResponse | None:
     user_id = await require_user(request, allow_query=True)
     after = resume_point(request)
     record = await owned_channel(request, channel_id, user_id)
@@ -139,7 +141,7 @@ async def sse(request: Request, channel_id: str) -> HTTPResponse | None:
     return None
 
 
-async def stream_sse(request: Request, channel: str, after: int, token: str | None = None) -> None:
+async def stream_sse(request: ChimeRequest, channel: str, after: int, token: str | None = None) -> None:
     retry_ms: int = request.app.ctx.settings.sse_retry_ms
     await stream_http(request, channel, after, sse_wire.ENCODER, content_type=sse_wire.CONTENT_TYPE,
                       headers=sse_wire.HEADERS, first=sse_wire.retry(retry_ms), token=token)
@@ -147,8 +149,9 @@ async def stream_sse(request: Request, channel: str, after: int, token: str | No
 
 # ---- WebSocket -------------------------------------------------------------
 
-@bp.websocket("/api/channels/<channel_id:str>/ws")
-async def websocket(request: Request, ws: Websocket, channel_id: str) -> None:
+# Sanic's websocket() decorator is unannotated.
+@bp.websocket("/api/channels/<channel_id:str>/ws")  # type: ignore[untyped-decorator]
+async def websocket(request: ChimeRequest, ws: Websocket, channel_id: str) -> None:
     # From the first moment: frames sent while the channel is looked up count too.
     guard = InboundGuard(ws, _stop_on_violation(request.app.ctx, asyncio.current_task()))
     try:
@@ -159,8 +162,8 @@ async def websocket(request: Request, ws: Websocket, channel_id: str) -> None:
         guard.release()
 
 
-async def serve_websocket(request: Request, ws: Websocket, guard: InboundGuard, channel_id: str) -> None:
-    ctx: Any = request.app.ctx
+async def serve_websocket(request: ChimeRequest, ws: Websocket, guard: InboundGuard, channel_id: str) -> None:
+    ctx = request.app.ctx
     try:
         user_id = await require_user(request, allow_query=True)
         after = resume_point(request)
@@ -184,7 +187,7 @@ async def serve_websocket(request: Request, ws: Websocket, guard: InboundGuard, 
             listener.cancel()
 
 
-def _stop_on_violation(ctx: Any, handler: asyncio.Task[Any] | None) -> Callable[[str], None]:
+def _stop_on_violation(ctx: Services, handler: asyncio.Task[Any] | None) -> Callable[[str], None]:
     """The handler stops reading the channel for a client closed with 1008."""
     def stop(violation: str) -> None:
         ctx.metrics.inc("chime_ws_policy_closes_total",
@@ -240,8 +243,8 @@ async def _listen(ctx: Any, guard: InboundGuard, channel: str, reader: Reader) -
 # ---- polling -----------------------------------------------------------------
 
 @bp.get("/api/channels/<channel_id:str>/events.json")
-async def poll(request: Request, channel_id: str) -> HTTPResponse:
-    ctx: Any = request.app.ctx
+async def poll(request: ChimeRequest, channel_id: str) -> HTTPResponse:
+    ctx = request.app.ctx
     user_id = await require_user(request)
     after = non_negative_int(query_value(request, "after"), "after") or 0
     wait_s = bounded_number(query_value(request, "wait"), "wait", 0, POLL_MAX_WAIT_S, 0)
@@ -258,7 +261,7 @@ async def poll(request: Request, channel_id: str) -> HTTPResponse:
     return polling.response(events, last_event_id, finished)
 
 
-async def first_batch(request: Request, channel: str, after: int, wait_s: float) -> list[Event]:
+async def first_batch(request: ChimeRequest, channel: str, after: int, wait_s: float) -> list[Event]:
     """Events after ``after``, at once if there are any, else the first to come within ``wait_s``."""
     async with subscribe(request, channel, after, "polling", wait_s) as subscription:
         return await anext(subscription.batches, [])

@@ -21,7 +21,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from websockets.frames import Opcode
 
@@ -109,7 +110,7 @@ class InboundGuard:
             sanic_internals.unhook_received(self.ws)
 
     async def recv(self) -> str | bytes | None:
-        message = await self.ws.recv()
+        message: str | bytes | None = await self.ws.recv()
         if message is None:
             return None
         if self.hooked:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 import backup
 from backup import DataDirBusy, DataDirLock, OperatorError
+from notify.vapid import KEY_FILE_NAME
 
 # The tables backup.inspect counts, as the store creates them (trimmed to what it reads).
 SCHEMA = """
@@ -26,7 +27,7 @@ def live(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     """A data directory whose database a connection is still writing, with nothing checkpointed."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    (data_dir / backup.KEY_FILE_NAME).write_bytes(KEY)
+    (data_dir / KEY_FILE_NAME).write_bytes(KEY)
     db = sqlite3.connect(data_dir / backup.DB_FILE_NAME, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA wal_autocheckpoint = 0")  # as the server's writer: checkpoints are its own
@@ -60,9 +61,9 @@ def test_copying_the_file_of_a_live_database_loses_what_the_backup_keeps(tmp_pat
     assert contents.describe() == "3 conversations (3 answers, 1 running)"
     copy = tmp_path / "backup" / backup.DB_FILE_NAME
     assert conversations(copy) == ["conversation 0", "conversation 1", "conversation 2"]
-    assert (tmp_path / "backup" / backup.KEY_FILE_NAME).read_bytes() == KEY
+    assert (tmp_path / "backup" / KEY_FILE_NAME).read_bytes() == KEY
     assert stat.S_IMODE(copy.stat().st_mode) == 0o600
-    assert stat.S_IMODE((tmp_path / "backup" / backup.KEY_FILE_NAME).stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "backup" / KEY_FILE_NAME).stat().st_mode) == 0o600
 
 
 def test_a_backup_is_the_database_at_one_commit_while_writes_go_on(tmp_path: Path,
@@ -79,7 +80,7 @@ def test_a_backup_leaves_no_file_beside_itself_and_needs_a_new_directory(tmp_pat
                                                                           live: sqlite3.Connection) -> None:
     backup.backup(tmp_path / "data", tmp_path / "backup")
     backup.inspect(tmp_path / "backup" / backup.DB_FILE_NAME)
-    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == [backup.DB_FILE_NAME, backup.KEY_FILE_NAME]
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == [backup.DB_FILE_NAME, KEY_FILE_NAME]
     with pytest.raises(OperatorError, match="already exists"):
         backup.backup(tmp_path / "data", tmp_path / "backup")
     with pytest.raises(OperatorError, match="CHIME_DATA_DIR"):
@@ -89,7 +90,7 @@ def test_a_backup_leaves_no_file_beside_itself_and_needs_a_new_directory(tmp_pat
 def test_restore_sets_aside_the_database_and_wal_it_replaces(tmp_path: Path, live: sqlite3.Connection) -> None:
     backup.backup(tmp_path / "data", tmp_path / "backup")
     live.execute("INSERT INTO conversations VALUES ('c9', 'after the backup')")
-    (tmp_path / "data" / backup.KEY_FILE_NAME).write_bytes(b"another key")
+    (tmp_path / "data" / KEY_FILE_NAME).write_bytes(b"another key")
     live.close()
     # A server killed with -9 leaves commits in the -wal alone: snapshot both files while open.
     target = tmp_path / "data" / backup.DB_FILE_NAME
@@ -107,11 +108,11 @@ def test_restore_sets_aside_the_database_and_wal_it_replaces(tmp_path: Path, liv
 
     assert contents.conversations == 3
     assert conversations(target) == ["conversation 0", "conversation 1", "conversation 2"]
-    assert (tmp_path / "data" / backup.KEY_FILE_NAME).read_bytes() == KEY
+    assert (tmp_path / "data" / KEY_FILE_NAME).read_bytes() == KEY
     old_db = next(p for p in kept if p.name.startswith(f"{backup.DB_FILE_NAME}.replaced-") and
                   not p.name.endswith("-wal"))
     assert "only in the wal" in conversations(old_db)  # the set-aside database kept its WAL
-    old_key = next(p for p in kept if p.name.startswith(f"{backup.KEY_FILE_NAME}.replaced-"))
+    old_key = next(p for p in kept if p.name.startswith(f"{KEY_FILE_NAME}.replaced-"))
     assert old_key.read_bytes() == b"another key"
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import socket
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import quote
 
 import httpx
@@ -148,8 +148,9 @@ def credentials(world: World) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
     token = st.sampled_from(world.tokens).map(str.encode)
     authorization = st.one_of(
         token.map(lambda t: b"Bearer " + t), token.map(lambda t: b"bearer  " + t + b" "),
-        token.map(lambda t: b"Basic " + t), st.sampled_from([b"Bearer", b"Bearer ", b"Bearer \xff\xfe\xfd",
-                                                              b"\xff\xfe", b"Bearer caf\xe9", b"Bearer " + b"x" * 3000]),
+        token.map(lambda t: b"Basic " + t),
+        st.sampled_from([b"Bearer", b"Bearer ", b"Bearer \xff\xfe\xfd", b"\xff\xfe", b"Bearer caf\xe9",
+                         b"Bearer " + b"x" * 3000]),
         raw_junk.map(lambda b: b"Bearer " + b),
     )
     cookie = st.one_of(
@@ -170,7 +171,8 @@ def extra_headers(world: World) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
         st.tuples(st.just(b"Last-Event-ID"), st.one_of(id_text.map(str.encode), value)),
         st.tuples(st.just(b"Accept"), st.sampled_from([b"text/event-stream", b"*/*", b"application/json", b"\xff"])),
         st.tuples(st.just(b"Content-Type"), st.sampled_from([b"application/json", b"text/plain", b"\xff",
-                                                             b"multipart/form-data; boundary=x", b"application/json; charset=latin-1"])),
+                                                             b"multipart/form-data; boundary=x",
+                                                             b"application/json; charset=latin-1"])),
         st.tuples(st.sampled_from([b"X-Forwarded-For", b"X-Forwarded-Proto", b"X-Forwarded-Host", b"Forwarded",
                                    b"If-Modified-Since", b"Range", b"Host", b"Expect", b"Accept-Encoding"]), value),
         st.tuples(st.sampled_from([b"X-\xff", b"X Y", b"\x00", b"X-Long-" + b"n" * 500]), value),
@@ -247,8 +249,9 @@ def requests(world: World) -> st.SearchStrategy[bytes]:
         return http_request(method, path, headers, body, version)
 
     token = st.sampled_from(world.tokens).map(str.encode)
-    identity = st.one_of(st.just([]), token.map(lambda t: [(b"Authorization", b"Bearer " + t)]),
-                         token.map(lambda t: [(b"Cookie", b"chime_token=" + t)]), credentials(world))
+    identity: st.SearchStrategy[list[tuple[bytes, bytes]]] = st.one_of(
+        st.just([]), token.map(lambda t: [(b"Authorization", b"Bearer " + t)]),
+        token.map(lambda t: [(b"Cookie", b"chime_token=" + t)]), credentials(world))
 
     def plausible_request(route: str) -> st.SearchStrategy[bytes]:
         method = st.one_of(st.sampled_from(ROUTES[route]), st.sampled_from(ROUTES[route]),
@@ -301,7 +304,7 @@ def test_no_request_gets_a_5xx_or_leaves_a_traceback(world: World) -> None:
             assert answer.status is None or answer.status < 500, f"{request[:2000]!r}\n{answer.head!r}"
 
     no_request_fails()
-    assert world.server.process.poll() is None, "the server died"
+    assert world.server.process is not None and world.server.process.poll() is None, "the server died"
     assert httpx.get(f"{world.server.url}/healthz", timeout=READ_TIMEOUT_S).status_code == 200
     assert_a_clean_log(world)
     # The fuzzer reached the handlers, with and without a valid identity, not only the parser.

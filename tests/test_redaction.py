@@ -46,4 +46,5 @@ def test_installed_it_redacts_messages_arguments_and_tracebacks(caplog: pytest.L
             logger.exception("failed")
     first, second = caplog.records
     assert first.getMessage() == f"GET /api/x?access_token={redaction.REDACTED}"
-    assert TOKEN not in logging.Formatter().format(second) and "ValueError" in second.exc_text
+    assert TOKEN not in logging.Formatter().format(second)
+    assert second.exc_text is not None and "ValueError" in second.exc_text

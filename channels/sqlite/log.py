@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Unpack
+from typing import Any, Unpack
 
 import orjson
 

@@ -36,8 +36,9 @@ import socket
 import sqlite3
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, cast
+from typing import Any, cast
 
 import orjson
 
@@ -168,7 +169,7 @@ class WriterProcess:
         else:
             try:
                 ok, value = await asyncio.wait_for(reply, deadline_s + REPLY_GRACE_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise StoreUnavailable("the database writer did not answer in time") from None
         if not ok:
             raise value
@@ -204,7 +205,7 @@ class WriterProcess:
         if self._process is not None:
             try:
                 await asyncio.wait_for(self._process.wait(), EXIT_TIMEOUT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.error("the database writer process did not exit; killing it")
                 self._process.kill()
                 await self._process.wait()

@@ -10,8 +10,8 @@ event's bytes, and give a ``StreamEncoder`` (or, like polling, a page builder).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from channels.events import Event
 

@@ -8,12 +8,23 @@ import json
 
 from playwright.sync_api import BrowserContext, Page, Route, expect
 
-from tests.browser.chat_page import (ANSWER, RICH_MARKDOWN, ask, expected_answer, last_answer, open_chat,
-                                     show_markdown, wait_finished, wait_for_text)
+from tests.browser.chat_page import (
+    ANSWER,
+    RICH_MARKDOWN,
+    ask,
+    expected_answer,
+    last_answer,
+    open_chat,
+    show_markdown,
+    wait_finished,
+    wait_for_text,
+)
 from tests.support.proxy import TcpProxy
 
-CODE = 'import httpx\n\nwith httpx.stream("GET", events_url) as response:\n    for line in response.iter_lines():\n        print(line)'
-NEAR_BOTTOM = "(() => { const m = document.getElementById('messages'); return m.scrollHeight - m.scrollTop - m.clientHeight < 48; })()"
+CODE = ('import httpx\n\nwith httpx.stream("GET", events_url) as response:\n'
+        '    for line in response.iter_lines():\n        print(line)')
+NEAR_BOTTOM = ("(() => { const m = document.getElementById('messages'); "
+               "return m.scrollHeight - m.scrollTop - m.clientHeight < 48; })()")
 
 
 def conversation_of(page: Page, channel: str) -> dict:
@@ -65,7 +76,8 @@ def test_tables_scroll_sideways_on_a_phone_and_wide_code_scrolls_from_the_keyboa
     table_box = sample.locator(".table-scroll")
     expect(table_box).to_have_attribute("tabindex", "0")
     expect(table_box).to_have_accessible_name("Table")
-    assert table_box.evaluate("el => el.scrollWidth > el.clientWidth"), "the table should overflow into its own scroller"
+    assert table_box.evaluate("el => el.scrollWidth > el.clientWidth"), \
+        "the table should overflow into its own scroller"
     # Words stay whole: each one-word cell is laid out on a single line.
     for word in ("Supercalifragilisticexpialidocious", "Antidisestablishmentarianism"):
         lines = sample.locator("td", has_text=word).evaluate(

@@ -14,8 +14,8 @@ import base64
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 import orjson
 import pytest
@@ -53,7 +53,7 @@ class AttackerSite:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "AttackerSite":
+    def __enter__(self) -> AttackerSite:
         self.thread.start()
         return self
 
@@ -101,7 +101,7 @@ def test_a_cross_site_form_cannot_replace_the_victims_user(context: BrowserConte
     before = victim_state(context, page, chime)
     # enctype=text/plain posts "name=value": the attacker shapes that into a JSON body.
     attacker.page = (
-        '<form id=f method=POST enctype="text/plain" action="%s/api/chat">'
+        '<form id=f method=POST enctype="text/plain" action="%s/api/chat">'  # noqa: UP031  # braces below
         '<input name=\'{"message": "sent from another site", "x": "\' value=\'"}\'></form>'
         '<script>document.getElementById("f").submit()</script>' % proxy.url).encode()
     evil = context.new_page()
@@ -126,7 +126,8 @@ def test_a_same_site_page_on_another_port_cannot_act_as_the_victim(
             send("/api/chat", {message: "sent from a sibling origin"}),
             send("/api/push/subscriptions", %s),
         ]);
-    </script>""" % (orjson.dumps(proxy.url).decode(), orjson.dumps(subscription).decode())).encode()
+    </script>""" % (orjson.dumps(proxy.url).decode(), orjson.dumps(subscription).decode())  # noqa: UP031  # JS braces
+    ).encode()
     evil = context.new_page()
     evil.goto(f"http://127.0.0.1:{attacker.port}/")
     assert evil.evaluate("() => window.done") == ["sent", "sent"]  # both answered before this returns

@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.chat_page import (RICH_MARKDOWN, ask, last_answer, open_chat, show_markdown, wait_finished,
-                                     wait_for_text)
+from tests.browser.chat_page import (
+    RICH_MARKDOWN,
+    ask,
+    last_answer,
+    open_chat,
+    show_markdown,
+    wait_finished,
+    wait_for_text,
+)
 from tests.support.waiting import wait_until
 
 VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
@@ -71,7 +78,9 @@ def test_the_sidebar_makes_switches_and_deletes_conversations(page: Page) -> Non
     page.locator("#conversations li", has_text="Second conversation").locator(".delete").click()
     expect(items).to_have_count(1)
     page.click("#toast-close")  # no undo wanted: the deletion goes through now
-    titles = lambda: [c["title"] for c in page.request.get("/api/conversations").json()["conversations"]]
+    def titles() -> list[str]:
+        return [c["title"] for c in page.request.get("/api/conversations").json()["conversations"]]
+
     wait_until(lambda: titles() == ["First conversation"], 10, "the deletion to reach the server")
 
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from tests.browser.chat_page import (ask, choose_transport, expected_answer, last_answer, open_chat, rendered_text, wait_finished,
-                                     wait_for_text)
+from tests.browser.chat_page import (
+    ask,
+    choose_transport,
+    expected_answer,
+    last_answer,
+    open_chat,
+    rendered_text,
+    wait_finished,
+    wait_for_text,
+)
 from tests.support.proxy import TcpProxy
 
 REFUSE_S = 1.0  # long enough for several failed reconnects, short enough for a quick test

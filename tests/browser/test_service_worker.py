@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import BrowserContext, Page, Worker, expect
@@ -23,7 +23,7 @@ CLICK_FIRST = """async () => {
 
 def controlled_worker(context: BrowserContext, page: Page) -> Worker:
     page.evaluate("navigator.serviceWorker.ready.then(() => true)")
-    worker = wait_until(lambda: context.service_workers and context.service_workers[0], 10,
+    worker = wait_until(lambda: context.service_workers[0] if context.service_workers else None, 10,
                       "the service worker to start")
     return worker
 

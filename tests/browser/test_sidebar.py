@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import struct
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import Dialog, Page, Route, expect
 
 from tests.browser.chat_page import open_chat
 from tests.support.waiting import wait_until
@@ -42,7 +42,7 @@ def test_conversations_are_grouped_by_date_titled_in_full_searchable_and_renamab
         for conversation in body["conversations"]:
             if conversation["id"] in ages:
                 noon = datetime.now().astimezone().replace(hour=12, minute=0, second=0, microsecond=0)
-                conversation["updated_at"] = (noon - ages[conversation["id"]]).astimezone(timezone.utc).isoformat()
+                conversation["updated_at"] = (noon - ages[conversation["id"]]).astimezone(UTC).isoformat()
         route.fulfill(response=response, body=json.dumps(body))
 
     page.route("**/api/conversations", age_some)
@@ -91,8 +91,13 @@ def test_a_deletion_can_be_undone_then_goes_through(page: Page) -> None:
     open_chat(page)
     page.locator(".conversation-link", has_text="Delete me").click()
     expect(page.locator("article.message.user")).to_have_text("Delete me")
-    confirmations = []
-    page.on("dialog", lambda dialog: (confirmations.append(dialog.message), dialog.dismiss()))
+    confirmations: list[str] = []
+
+    def dismiss(dialog: Dialog) -> None:
+        confirmations.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dismiss)
 
     page.get_by_role("button", name="Delete “Delete me”").click()
     expect(page.locator(".conversation-link")).to_have_text(["Keep me"])
@@ -175,7 +180,7 @@ def test_the_web_app_manifest_makes_chime_installable(page: Page) -> None:
     assert manifest["name"] == "Chime" and manifest["short_name"] == "Chime"
     assert manifest["start_url"] == "/" and manifest["display"] == "standalone"
     assert manifest["theme_color"] and manifest["background_color"]
-    sizes = {}
+    sizes: dict[str, set[int]] = {}
     for icon in manifest["icons"]:
         image = page.request.get(icon["src"])
         assert image.status == 200 and image.headers["content-type"] == "image/png", icon
@@ -188,6 +193,7 @@ def test_the_web_app_manifest_makes_chime_installable(page: Page) -> None:
         page.goto(path)
         assert page.locator("link[rel=manifest]").get_attribute("href") == "/manifest.webmanifest"
         touch = page.locator("link[rel=apple-touch-icon]").get_attribute("href")
+        assert touch is not None
         image = page.request.get(touch)
         assert image.status == 200 and png_size(image.body()) == (180, 180)
     # The browser itself reads the manifest the page links to.

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from channels.sqlite import SQLiteStore
 from channels.store import ChannelRecord, Store

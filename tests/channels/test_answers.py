@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from channels.generation import Generations
 from channels.limits import LimitExceeded, Limits
 from channels.presence import Presence
 from channels.store import Store
-from llm.base import Chunk, ModelOptions
+from llm.base import NO_OPTIONS, Chunk, ModelOptions
 from llm.demo import DemoProvider
 from settings import Settings
 from tests.support.waiting import async_wait_until
@@ -27,7 +28,7 @@ class RecordingProvider(DemoProvider):
         super().__init__(0)
         self.asked: list[tuple[list[dict[str, str]], ModelOptions]] = []
 
-    async def stream(self, messages: list[dict[str, str]], options: ModelOptions = ModelOptions()
+    async def stream(self, messages: list[dict[str, str]], options: ModelOptions = NO_OPTIONS
                      ) -> AsyncIterator[Chunk]:
         self.asked.append((messages, options))
         async for chunk in super().stream(messages, options):

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
 from channels.generation import Completion, Generations
-from channels.sqlite import SQLiteStore
-from llm.base import Chunk, ModelError
 from channels.presence import Presence
+from channels.sqlite import SQLiteStore
+from channels.store import Store
+from llm.base import Chunk, ModelError
 from tests.support.waiting import async_wait_until
 
 USER = "user-1"
@@ -57,7 +59,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
 
 
 class World:
-    def __init__(self, store: SQLiteStore, provider: Any, **limits: Any):
+    def __init__(self, store: Store, provider: Any, **limits: Any):
         self.store = store
         self.provider = provider
         self.presence = Presence()
@@ -300,7 +302,8 @@ async def test_a_channel_running_with_no_generation_is_ended_at_its_second_sight
     assert [(e.type, e.data) for e in await store.read_after(abandoned, 1)] == [
         ("interrupted", {"reason": "server_lost"})]
     assert [c.channel for c in world.completions] == [abandoned]
-    assert (await store.get_channel(fresh)).running and world.generations.is_running(live)
+    fresh_record = await store.get_channel(fresh)
+    assert fresh_record is not None and fresh_record.running and world.generations.is_running(live)
     assert await world.generations.end_abandoned() == 1  # the fresh one, seen twice now
     await world.generations.shutdown(0)
 
@@ -313,7 +316,8 @@ async def test_the_sweeper_ends_abandoned_channels_on_its_own(store: SQLiteStore
         await async_wait_until(lambda: world.completions, 5, "the sweeper to end the channel")
     finally:
         sweeper.cancel()
-    assert (await store.get_channel(abandoned)).status == "interrupted"
+    abandoned_record = await store.get_channel(abandoned)
+    assert abandoned_record is not None and abandoned_record.status == "interrupted"
 
 
 async def test_cancel_while_the_terminal_event_is_appended_loses_and_the_push_decision_follows(

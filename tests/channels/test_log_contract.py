@@ -7,8 +7,8 @@ Only the protocols are used, so a new backend runs this suite unchanged by joini
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 

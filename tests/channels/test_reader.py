@@ -49,7 +49,7 @@ async def test_replay_then_live_has_no_gap_and_no_duplicate(store: Store, hub: H
     await append_deltas(store, channel, 40, start=5)
     await store.append(channel, DONE, {"finish_reason": "stop"})
     results = await asyncio.wait_for(asyncio.gather(*readers), DEADLINE_S)
-    for after, events in zip((0, 3, 6), results):
+    for after, events in zip((0, 3, 6), results, strict=True):
         assert ids(events) == list(range(after + 1, 48))
     assert results[0] == await store.read_after(channel, 0)
 
@@ -163,7 +163,9 @@ async def test_a_shutdown_during_the_store_read_is_not_missed(store: Store, hub:
 
 async def test_deleting_the_channel_ends_its_readers(store: Store, hub: Hub) -> None:
     channel = await new_channel(store)
-    conversation = (await store.get_channel(channel)).conversation_id
+    record = await store.get_channel(channel)
+    assert record is not None
+    conversation = record.conversation_id
     reader = asyncio.create_task(read_all(store, hub, channel))
     while hub.readers < 1:
         await asyncio.sleep(0)

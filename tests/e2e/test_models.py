@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -234,7 +235,7 @@ def test_every_failure_ends_right_while_another_channel_keeps_streaming(
         submitted = {marker: client.submit(f"{marker} go") for marker, client in users.items()}
         with ThreadPoolExecutor(len(users)) as pool:
             results = dict(zip(users, pool.map(
-                lambda m: users[m].events(submitted[m]["channel"]), users)))
+                lambda m: users[m].events(submitted[m]["channel"]), users), strict=True))
 
         healthy = results.pop("healthy-long")
         assert only_terminal(healthy)[1:] == ("done", {"finish_reason": "stop"})
@@ -250,7 +251,8 @@ def test_every_failure_ends_right_while_another_channel_keeps_streaming(
             check_conversation_keeps(users[marker], submitted[marker], PARTIAL.get(marker, ""), "error")
         for marker in STALLS:  # measured from the last complete event, or the request when there was none
             [request] = upstream.requests_for(marker)
-            closed_at = wait_until(lambda: request.disconnected_at, 5, f"{marker}: the upstream to see the close")
+            closed_at = wait_until(lambda: request.disconnected_at,  # noqa: B023  # called within this iteration
+                                   5, f"{marker}: the upstream to see the close")
             waited_s = closed_at - (request.last_token_at or request.received_at)
             # (the answer's clock starts a moment before its request reaches the upstream)
             assert STALL_S - 0.1 <= waited_s < STALL_S + STALL_SLACK_S, (marker, waited_s)
@@ -287,7 +289,8 @@ def test_unreachable_model_is_retried_then_reported(tmp_path: Path) -> None:
 
 # ---- cancel -----------------------------------------------------------------
 
-SLOW = Reply(tokens=[f"w{i} " for i in range(400)], token_delay_s=0.02)
+SLOW_TOKENS = [f"w{i} " for i in range(400)]
+SLOW = Reply(tokens=SLOW_TOKENS, token_delay_s=0.02)
 
 
 def wait_for_tokens(request_of: Any, count: int) -> RecordedRequest:
@@ -304,10 +307,10 @@ def test_cancel_over_http_closes_the_upstream_stream(user: Chime, upstream: Open
 
     asked_at = time.monotonic()
     assert user.http.post(f"/api/channels/{submitted['channel']}/cancel").status_code == 202
-    wait_until(lambda: request.disconnected_at, 5, "the upstream to see the connection close")
-    print(f"\ncancel → upstream disconnect (HTTP cancel): {(request.disconnected_at - asked_at) * 1000:.1f} ms")
+    disconnected_at = wait_until(lambda: request.disconnected_at, 5, "the upstream to see the connection close")
+    print(f"\ncancel → upstream disconnect (HTTP cancel): {(disconnected_at - asked_at) * 1000:.1f} ms")
 
-    assert not request.completed and request.tokens_sent < len(SLOW.tokens)
+    assert not request.completed and request.tokens_sent < len(SLOW_TOKENS)
     events = user.events(submitted["channel"])
     assert only_terminal(events)[1:] == ("cancelled", {})
     kept = content_of(events)
@@ -330,9 +333,9 @@ def test_cancel_over_websocket_closes_the_upstream_stream(
         ws.send(json.dumps({"type": "cancel"}))
         while frames[-1]["event"] not in TERMINAL:
             frames.append(json.loads(ws.recv(timeout=10)))
-        wait_until(lambda: request.disconnected_at, 5, "the upstream to see the connection close")
+        disconnected_at = wait_until(lambda: request.disconnected_at, 5, "the upstream to see the connection close")
         print(f"\ncancel → upstream disconnect (WebSocket cancel): "
-              f"{(request.disconnected_at - asked_at) * 1000:.1f} ms")
+              f"{(disconnected_at - asked_at) * 1000:.1f} ms")
     assert (frames[-1]["event"], frames[-1]["data"]) == ("cancelled", {})
     assert ws.close_code == 1000
     assert not request.completed

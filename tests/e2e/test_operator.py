@@ -10,8 +10,9 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import httpx
 import pytest
@@ -118,7 +119,8 @@ def test_a_backup_of_a_server_mid_answer_restores_into_a_server_that_sees_all_of
     result = run_app({"CHIME_DATA_DIR": str(restored_dir)}, "restore", str(tmp_path / "backup"))
     assert result.returncode == 0, result.stderr
     assert "end as interrupted" in result.stdout
-    assert (restored_dir / "vapid_private_key.pem").read_bytes() == (live.data_dir / "vapid_private_key.pem").read_bytes()
+    assert ((restored_dir / "vapid_private_key.pem").read_bytes()
+            == (live.data_dir / "vapid_private_key.pem").read_bytes())
 
     with ServerProcess(restored_dir) as restored:
         again = Reader(restored, reader.token)  # the user, and its token, came back too

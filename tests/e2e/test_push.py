@@ -13,8 +13,9 @@ import json
 import re
 import sqlite3
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest

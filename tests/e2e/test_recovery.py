@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -104,7 +104,7 @@ def test_sigterm_mid_answer_gives_interrupted_after_the_grace_period(
     # The answer kept streaming through the grace period before it was cut.
     interrupted_at = arrivals[-1]
     assert interrupted_at - signalled_at >= GRACE_S
-    assert any(at > signalled_at for at, e in zip(arrivals, events) if e[1] == "delta")
+    assert any(at > signalled_at for at, e in zip(arrivals, events, strict=True) if e[1] == "delta")
     [request] = upstream.requests_for("endless")
     assert request.disconnected_at is not None and request.disconnected_at - signalled_at >= GRACE_S
     print(f"\nSIGTERM → interrupted: {(interrupted_at - signalled_at) * 1000:.0f} ms "

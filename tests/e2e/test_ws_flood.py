@@ -5,8 +5,9 @@ from __future__ import annotations
 import select
 import socket
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 import pytest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx2
 import pytest
@@ -45,7 +45,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        return "http://127.0.0.1:%d" % self.server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
 
 
 @pytest.fixture
@@ -176,8 +176,8 @@ async def test_a_silent_server_is_a_read_timeout(serve) -> None:
 async def test_a_refused_connection_is_a_connect_error(serve) -> None:
     server = await serve(lambda reader, writer: asyncio.sleep(0))
     url = server.url
-    server.server.close()  # type: ignore[union-attr]
-    await server.server.wait_closed()  # type: ignore[union-attr]
+    server.server.close()
+    await server.server.wait_closed()
     async with client() as http:
         with pytest.raises(httpx2.ConnectError):
             await http.get(url)
@@ -198,7 +198,7 @@ async def test_a_body_deadline_ends_a_read_however_many_bytes_trickle_in(serve) 
     server = await serve(handler)
     async with client(timeout=1.0) as http:
         async with http.stream("GET", server.url) as response:
-            body = response.stream._stream  # type: ignore[attr-defined]
+            body = response.stream._stream  # type: ignore[union-attr]  # LeanTransport's body, inside httpx2's wrapper
             assert isinstance(body, LeanBody)
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -225,7 +225,7 @@ async def test_a_read_waiting_past_a_deadline_already_gone_fails_at_once(serve) 
     try:
         async with client(timeout=5.0) as http:
             async with http.stream("GET", server.url) as response:
-                body = response.stream._stream  # type: ignore[attr-defined]
+                body = response.stream._stream  # type: ignore[union-attr]  # LeanTransport's body, inside httpx2's wrapper
                 body.deadline = asyncio.get_running_loop().time() - 1
                 started = time.monotonic()
                 with pytest.raises(httpx2.ReadTimeout):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import tracemalloc
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
-from typing import AsyncIterator, Iterator
 
 import httpx2
 import pytest
@@ -211,7 +211,7 @@ async def test_a_line_over_one_mebibyte_is_model_error_without_holding_it(upstre
     assert error is not None and error.code == "model_error" and "line" in error.message
     assert text(chunks) == "one "
     assert peak_bytes < 8 * MAX_LINE_BYTES, f"{peak_bytes / 2**20:.1f} MiB held"
-    request = await async_wait_until(lambda: upstream.requests[0].disconnected_at and upstream.requests[0],
+    request = await async_wait_until(lambda: upstream.requests[0] if upstream.requests[0].disconnected_at else None,
                                      5, "the upstream to see the disconnect")
     assert len(upstream.requests) == 1 and not request.completed
     assert request.giant_bytes_sent < 40 * 1024 * 1024
@@ -239,9 +239,9 @@ async def test_closing_the_stream_closes_the_upstream_connection(upstream: OpenA
             break
     closed_at = time.monotonic()
     await stream.aclose()  # type: ignore[attr-defined]
-    request = await async_wait_until(lambda: upstream.requests[0].disconnected_at and upstream.requests[0],
+    request = await async_wait_until(lambda: upstream.requests[0] if upstream.requests[0].disconnected_at else None,
                                      5, "the upstream to see the disconnect")
-    assert not request.completed
+    assert not request.completed and request.disconnected_at is not None
     print(f"\naclose → upstream disconnect: {(request.disconnected_at - closed_at) * 1000:.1f} ms")
     await provider.close()
 
@@ -252,7 +252,7 @@ async def test_cancelling_the_reader_closes_the_upstream_connection(upstream: Op
     got_one = asyncio.Event()
 
     async def read() -> None:
-        async for chunk in provider.stream([{"role": "user", "content": "long"}]):
+        async for _chunk in provider.stream([{"role": "user", "content": "long"}]):
             got_one.set()
 
     task = asyncio.create_task(read())
@@ -335,12 +335,13 @@ def test_retry_after_reads_seconds_milliseconds_and_dates() -> None:
     assert _retry_after_s(response(retry_after_ms="250")) == 0.25
     assert _retry_after_s(response()) is None
     assert _retry_after_s(response(retry_after="soon")) is None
-    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     assert 25 <= (_retry_after_s(response(retry_after=later)) or 0) <= 30
 
 
 def test_backoff_is_bounded_and_waits_at_least_what_upstream_asked() -> None:
     provider = OpenAIProvider(Settings(openai_base_url="http://127.0.0.1:9/v1", model_retry_base_s=1.0))
-    assert all(provider._backoff_s(attempt, None) <= 8.0 for attempt in range(20))
+    assert all((backoff_s := provider._backoff_s(attempt, None)) is not None and backoff_s <= 8.0
+               for attempt in range(20))
     assert provider._backoff_s(0, 5.0) == 5.0
     assert provider._backoff_s(0, 3600.0) is None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import orjson
 import pytest
@@ -13,8 +13,7 @@ from channels.generation import Completion
 from channels.sqlite import SQLiteStore
 from channels.store import PushSubscription
 from metrics import Metrics
-from notify.notifier import (
-    RETRY_METRIC, SENT_METRIC, SKIPPED_METRIC, Notifier, RetryPolicy, origin_of)
+from notify.notifier import RETRY_METRIC, SENT_METRIC, SKIPPED_METRIC, Notifier, RetryPolicy, origin_of
 from notify.payload import topic_for
 from notify.sender import SendResult
 from tests.support.waiting import async_wait_until

@@ -93,7 +93,7 @@ def test_a_client_that_leaves_a_chat_stream_does_not_stop_the_answer(client: ope
                                                                       native: Native) -> None:
     stream = client.chat.completions.create(model="demo", messages=USER, stream=True)
     channel = stream.response.headers["x-chime-channel"]
-    for _, _chunk in zip(range(3), stream):
+    for _, _chunk in zip(range(3), stream, strict=False):
         pass
     stream.close()
     def ended() -> dict[str, Any] | None:
@@ -111,7 +111,7 @@ def test_a_background_stream_read_partway_resumes_with_exactly_the_rest(client: 
                                                                          native: Native) -> None:
     stream = client.responses.create(model="demo", input="Tell me about resuming.", background=True, stream=True)
     channel = stream.response.headers["x-chime-channel"]
-    seen = [event for _, event in zip(range(8), stream)]
+    seen = [event for _, event in zip(range(8), stream, strict=False)]
     stream.close()  # the connection dropped
     assert native.channel(channel)["status"] == "running"  # the answer runs on without its reader
     assert seen[0].type == "response.created"

@@ -44,8 +44,8 @@ def test_a_text_frame_of_any_length_reads_back(length: int) -> None:
 def test_a_websocket_batch_is_one_frame_per_event_with_the_api_json() -> None:
     events = deltas(3)
     frames = parse_frames(ws.encode(events))
-    assert [json.loads(f.data) for f in frames] == [e.as_dict() for e in events]
-    assert [f.data.decode() for f in frames] == [ws.message(e) for e in events]
+    assert [json.loads(bytes(f.data)) for f in frames] == [e.as_dict() for e in events]
+    assert [bytes(f.data).decode() for f in frames] == [ws.message(e) for e in events]
 
 
 def test_an_sse_frame_is_the_documented_framing() -> None:
@@ -71,5 +71,5 @@ def test_each_encoder_builds_an_events_bytes_once_and_shares_them() -> None:
     built = (sse.frame(event), ws.frame(event), polling.item(event))
     assert (sse.frame(event), ws.frame(event), polling.item(event)) == built
     assert all(again is first for again, first in
-               zip((sse.frame(event), ws.frame(event), polling.item(event)), built))
+               zip((sse.frame(event), ws.frame(event), polling.item(event)), built, strict=True))
     assert len(set(built)) == 3  # a slot per encoder: no transport is sent another's bytes

@@ -23,7 +23,8 @@ def subscription(endpoint: str = PUBLIC_ENDPOINT) -> dict:
 
 def stored(api: Api) -> list[tuple[str, str, str, str]]:
     with sqlite3.connect(api.settings.db_path) as db:
-        return db.execute("SELECT user_id, endpoint, p256dh, auth FROM push_subscriptions ORDER BY created_at").fetchall()
+        return db.execute("SELECT user_id, endpoint, p256dh, auth FROM push_subscriptions "
+                          "ORDER BY created_at").fetchall()
 
 
 def user_id_of(api: Api, token: str) -> str:
@@ -82,7 +83,8 @@ def test_a_user_keeps_at_most_the_newest_subscriptions(make_api) -> None:
     api = make_api()
     token = api.new_user()
     for number in range(MAX_SUBSCRIPTIONS_PER_USER + 2):
-        assert api.post("/api/push/subscriptions", token, json=subscription(f"{PUBLIC_ENDPOINT}/{number}")).status == 201
+        response = api.post("/api/push/subscriptions", token, json=subscription(f"{PUBLIC_ENDPOINT}/{number}"))
+        assert response.status == 201
     endpoints = [row[1] for row in stored(api)]
     assert len(endpoints) == MAX_SUBSCRIPTIONS_PER_USER
     assert f"{PUBLIC_ENDPOINT}/0" not in endpoints and f"{PUBLIC_ENDPOINT}/1" not in endpoints
@@ -109,7 +111,8 @@ def test_subscribing_needs_an_identity(api: Api) -> None:
 def test_malformed_keys_are_400(api: Api, kind: str) -> None:
     token = api.new_user()
     before = api.counts()
-    response = api.post("/api/push/subscriptions", token, json={"endpoint": PUBLIC_ENDPOINT, "keys": MALFORMED_KEYS[kind]})
+    response = api.post("/api/push/subscriptions", token,
+                        json={"endpoint": PUBLIC_ENDPOINT, "keys": MALFORMED_KEYS[kind]})
     assert_error(response, 400, "invalid_subscription")
     assert api.counts() == before
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Iterator
+from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
+from sanic.server.protocols.base_protocol import SanicProtocol
 from sanic.server.websockets.impl import CLOSING, OPEN, WebsocketImplProtocol
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
@@ -13,8 +15,14 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from routes import sanic_internals
-from routes.ws_limits import (MAX_UNREAD_BYTES, MAX_UNREAD_MESSAGES, TOO_MANY_FRAMES, UNREAD_BACKLOG,
-                              InboundGuard, SlidingWindowLimit)
+from routes.ws_limits import (
+    MAX_UNREAD_BYTES,
+    MAX_UNREAD_MESSAGES,
+    TOO_MANY_FRAMES,
+    UNREAD_BACKLOG,
+    InboundGuard,
+    SlidingWindowLimit,
+)
 
 MAX_MESSAGE_BYTES = 64 * 1024  # what app.py lets Sanic accept
 
@@ -132,11 +140,11 @@ class Violations(list):
 
 
 @pytest.fixture
-async def ws() -> Iterator[WebsocketImplProtocol]:
+async def ws() -> AsyncIterator[WebsocketImplProtocol]:
     ws = WebsocketImplProtocol(ServerProtocol(max_size=MAX_MESSAGE_BYTES, state=OPEN),
                                ping_interval=None, close_timeout=0.1)
     connection = Connection(asyncio.get_running_loop())
-    await ws.connection_made(connection, loop=connection.loop)
+    await ws.connection_made(cast(SanicProtocol, connection), loop=connection.loop)  # a fake of it
     yield ws
     ws.connection_lost(None)
     await asyncio.sleep(0)  # let the auto-closer see the connection gone
@@ -149,8 +157,11 @@ def client_frames(count: int, payload: bytes = b'{"type":"presence","visible":tr
 
 def close_sent(ws: WebsocketImplProtocol) -> Close:
     reader = ClientProtocol(parse_uri("ws://chime.test/"), state=OPEN)
-    reader.receive_data(bytes(ws.io_proto.transport.written))
-    closes = [frame for frame in reader.events_received() if frame.opcode is Opcode.CLOSE]
+    connection = ws.io_proto
+    assert isinstance(connection, Connection)
+    reader.receive_data(bytes(connection.transport.written))
+    frames = cast(list[Frame], reader.events_received())  # an open connection receives frames only
+    closes = [frame for frame in frames if frame.opcode is Opcode.CLOSE]
     assert len(closes) == 1
     return Close.parse(closes[0].data)
 

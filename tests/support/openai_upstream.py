@@ -9,8 +9,8 @@ including the moment a client closes its connection.
 Replies are scripted with ``Reply``: tokens and pacing, error statuses with
 headers, a connection dropped after K tokens, a stall (silent, with keepalive
 comments, or trickling an unfinished line byte by byte), a request never
-answered, a giant line, an error inside the stream. Requests are routed by the text of their last user message
-(``when("boom", Reply.error(500))``), so concurrent channels can be scripted
+answered, a giant line, an error inside the stream. Requests are routed by the text of their last user
+message (``when("boom", Reply.error(500))``), so concurrent channels can be scripted
 independently; the rest get ``default``. Every request is recorded
 (``requests``) with its JSON body and monotonic timestamps.
 
@@ -23,7 +23,7 @@ The stream written for a successful reply::
     data: [DONE]
 
 each followed by a blank line.
-"""
+"""  # noqa: E501  # the first frame is shown whole, as it goes on the wire
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 DEFAULT_MODEL = "test-model"
 # A stalled reply holds its connection at most this long, so nothing hangs forever.
@@ -76,17 +77,17 @@ class Reply:
     error_after: int | None = None
 
     @classmethod
-    def error(cls, status: int, message: str = "", **headers: str) -> "Reply":
+    def error(cls, status: int, message: str = "", **headers: str) -> Reply:
         """An error status; keyword headers use ``_`` for ``-`` (``retry_after="0"``)."""
         return cls(status=status, error_message=message or f"upstream error {status}",
                    headers={k.replace("_", "-"): v for k, v in headers.items()})
 
     @classmethod
-    def text(cls, text: str, **options: Any) -> "Reply":
+    def text(cls, text: str, **options: Any) -> Reply:
         return cls(tokens=_TOKEN.findall(text), **options)
 
     @classmethod
-    def giant_line(cls, size_bytes: int, after: int = 0, text: str = "one two three") -> "Reply":
+    def giant_line(cls, size_bytes: int, after: int = 0, text: str = "one two three") -> Reply:
         """``after`` tokens of ``text``, then one ``data:`` line of ``size_bytes``."""
         return cls(tokens=_TOKEN.findall(text), giant_line_after=after, giant_line_bytes=size_bytes)
 
@@ -141,7 +142,7 @@ class OpenAIUpstream:
 
     # ---- scripting -------------------------------------------------------
 
-    def when(self, text: str, *replies: Reply) -> "OpenAIUpstream":
+    def when(self, text: str, *replies: Reply) -> OpenAIUpstream:
         """Requests whose last user message contains ``text`` get ``replies`` in order;
         once they run out, the last one repeats."""
         self._routes.append((text, list(replies)))
@@ -159,7 +160,7 @@ class OpenAIUpstream:
 
     # ---- lifecycle -------------------------------------------------------
 
-    def start(self) -> "OpenAIUpstream":
+    def start(self) -> OpenAIUpstream:
         ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, args=(ready,), name="openai-upstream", daemon=True)
         self._thread.start()
@@ -187,7 +188,7 @@ class OpenAIUpstream:
             self._thread.join(10)
             self._thread = None
 
-    def __enter__(self) -> "OpenAIUpstream":
+    def __enter__(self) -> OpenAIUpstream:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -38,8 +38,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 MAX_BODY_BYTES = 4_096
 MAX_CLAIM_LIFETIME_S = 24 * 3600
-HANG_LIMIT_S = 60.0
-SHUTDOWN_POLL_S = 0.02  # how often serve_forever looks for close(): it bounds each test's teardown  # a hanging request is released at close, or after this at the latest
+HANG_LIMIT_S = 60.0  # a hanging request is released at close, or after this at the latest
+SHUTDOWN_POLL_S = 0.02  # how often serve_forever looks for close(): it bounds each test's teardown
 
 _AUTH_PARAM = re.compile(r"([a-zA-Z]+)\s*=\s*([A-Za-z0-9_\-.=]+)")
 
@@ -128,7 +128,7 @@ class PushService:
     def origin(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> "PushService":
+    def start(self) -> PushService:
         self._thread.start()
         return self
 
@@ -138,7 +138,7 @@ class PushService:
         self._server.server_close()
         self._thread.join(10)
 
-    def __enter__(self) -> "PushService":
+    def __enter__(self) -> PushService:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, overload
 
 T = TypeVar("T")
 
@@ -13,7 +14,7 @@ class Timeout(AssertionError):
     pass
 
 
-def wait_until(predicate: Callable[[], T], timeout_s: float = 10.0, what: str = "condition",
+def wait_until(predicate: Callable[[], T | None], timeout_s: float = 10.0, what: str = "condition",
                interval_s: float = 0.01) -> T:
     """Poll ``predicate`` until it returns a truthy value; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -26,8 +27,15 @@ def wait_until(predicate: Callable[[], T], timeout_s: float = 10.0, what: str = 
         time.sleep(interval_s)
 
 
-async def async_wait_until(predicate: Callable[[], Awaitable[T] | T], timeout_s: float = 10.0,
+@overload
+async def async_wait_until(predicate: Callable[[], Awaitable[T | None]], timeout_s: float = 10.0,
+                           what: str = "condition", interval_s: float = 0.01) -> T: ...
+@overload
+async def async_wait_until(predicate: Callable[[], T | None], timeout_s: float = 10.0,
+                           what: str = "condition", interval_s: float = 0.01) -> T: ...
+async def async_wait_until(predicate: Callable[[], Awaitable[T | None] | T | None], timeout_s: float = 10.0,
                            what: str = "condition", interval_s: float = 0.01) -> T:
+    """Poll ``predicate`` (a coroutine function or not) until it returns a truthy value; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()

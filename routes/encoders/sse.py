@@ -7,14 +7,21 @@ from routes.encoders import StreamEncoder, remember, take_slot
 
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
 HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
-KEEPALIVE = b": keepalive\n\n"
+# A comment line alone ends no event: a blank line after it would make parsers that do not
+# follow the spec to the letter (httpx-sse, code calling json.loads on every message) see
+# an empty "message" event for every keepalive.
+KEEPALIVE = b": keepalive\n"
 
 SLOT = take_slot("sse")
 
 
 def retry(ms: int) -> bytes:
-    """The first bytes of every stream: how long EventSource waits before it reconnects."""
-    return b"retry: %d\n\n" % ms
+    """The first bytes of every stream: how long EventSource waits before it reconnects.
+
+    No blank line after it: the field belongs to the first event's block, so no parser
+    sees a phantom empty event before ``meta``.
+    """
+    return b"retry: %d\n" % ms
 
 
 def frame(event: Event) -> bytes:

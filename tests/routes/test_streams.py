@@ -31,7 +31,7 @@ def test_sse_replays_the_whole_channel_with_the_documented_framing(api: Api, fin
     assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
     assert response.headers["cache-control"] == "no-cache, no-transform"
     assert response.headers["x-accel-buffering"] == "no"
-    assert response.body.startswith(b"retry: 2000\n\n")
+    assert response.body.startswith(b"retry: 2000\nid: 1\nevent: meta\n")
     blocks = response.body.decode().split("\n\n")
     assert blocks[-1] == ""  # the body ends with a complete event
     for block in blocks[1:-1]:
@@ -181,7 +181,7 @@ def test_without_the_fast_path_sse_and_polling_read_the_same(public_api_only: Ap
     channel = api.submit(token, "tell me about resuming")["channel"]
     response = api.get(f"/api/channels/{channel}/events", token)
     assert not sanic_internals.enabled
-    assert response.body.startswith(b"retry: 2000\n\n")
+    assert response.body.startswith(b"retry: 2000\nid: 1\nevent: meta\n")
     events = parse_sse(response.body)
     assert events[0]["event"] == "meta" and events[-1]["event"] == "done"
     polled = api.get(f"/api/channels/{channel}/events.json", token).json

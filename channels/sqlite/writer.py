@@ -74,6 +74,14 @@ SQL_DELTAS = """
     UNION ALL SELECT id, data FROM recent_events WHERE channel = ?1 AND type = 'delta'
     ORDER BY id
 """
+# The deltas of every channel in a JSON list ?1, for the terminal events of one commit:
+# ``recent_events`` has no index by channel, so it is read once per commit, not per channel.
+SQL_DELTAS_OF = """
+    SELECT channel, id, data FROM events
+        WHERE channel IN (SELECT value FROM json_each(?1)) AND type = 'delta'
+    UNION ALL SELECT channel, id, data FROM recent_events
+        WHERE channel IN (SELECT value FROM json_each(?1)) AND type = 'delta'
+"""
 SQL_INSERT_EVENT = "INSERT INTO recent_events (channel, id, type, data) VALUES (?, ?, ?, ?)"
 SQL_FOLD = ("INSERT INTO events (channel, id, type, data) SELECT channel, id, type, data FROM recent_events "
             "WHERE channel BETWEEN ?1 AND ?2 ORDER BY channel, id")
@@ -347,11 +355,14 @@ class Writer:
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(SQL_INSERT_EVENT, rows)
+            endings: dict[str, str] = {}
             for channel, _, type_, data in rows:
                 if type_ == USAGE:
                     db.execute(SQL_SET_USAGE, (data, channel))
                 elif type_ in TERMINAL_TYPES:
-                    _finish_channel(db, channel, type_)
+                    endings[channel] = type_
+            if endings:
+                _finish_channels(db, endings)
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -424,12 +435,18 @@ class Writer:
         (self.recent,) = self.db.execute("SELECT COUNT(*) FROM recent_events").fetchone()
 
 
-def _finish_channel(db: sqlite3.Connection, channel: str, type_: str) -> None:
-    # The answer is joined here from the stored deltas, so the server keeps none of it in memory.
-    rows = db.execute(SQL_DELTAS, (channel,)).fetchall()
-    answer = "".join(orjson.loads(data)["content"] for _, data in rows)
-    db.execute(SQL_FINISH_CHANNEL, (type_, utc_now(), channel))
-    db.execute(SQL_FINISH_MESSAGE, (answer, type_, channel))
+def _finish_channels(db: sqlite3.Connection, endings: dict[str, str]) -> None:
+    """Each channel's status, and its answer joined from the stored deltas: the server keeps
+    none of it in memory. One read for all of a commit's endings (1000 answers ending
+    together cost one scan of ``recent_events``, not 1000)."""
+    pieces: dict[str, list[tuple[int, str]]] = {channel: [] for channel in endings}
+    for channel, id_, data in db.execute(SQL_DELTAS_OF, (orjson.dumps(list(endings)).decode(),)):
+        pieces[channel].append((id_, orjson.loads(data)["content"]))
+    now = utc_now()
+    for channel, type_ in endings.items():
+        answer = "".join(content for _, content in sorted(pieces[channel]))
+        db.execute(SQL_FINISH_CHANNEL, (type_, now, channel))
+        db.execute(SQL_FINISH_MESSAGE, (answer, type_, channel))
 
 
 OPERATIONS = ("migrate", "statements", "events", "probe")

@@ -83,6 +83,8 @@ class OpenAIProvider:
         self.retries = settings.model_retries
         self.retry_base_s = settings.model_retry_base_s
         self._secret = settings.openai_api_key or ""
+        # httpx2's private ``stream._stream`` is read (after a type check) only on the fast path.
+        self.unwrap_body = settings.fast_path
         self.client = openai.AsyncOpenAI(
             api_key=settings.openai_api_key or PLACEHOLDER_API_KEY,
             base_url=settings.openai_base_url,
@@ -147,7 +149,8 @@ class OpenAIProvider:
                 if not scope.expired():
                     raise
                 raise self._stalled() from None
-            lean, pieces = _body_bytes(response.http_response)
+            lean, pieces = (_body_bytes(response.http_response) if self.unwrap_body
+                            else (None, response.http_response.aiter_bytes()))
             if lean is not None:
                 lean.deadline = deadline  # the transport's watchdog ends a read waiting past it
             stall_s = self.stall_s
@@ -414,7 +417,9 @@ def _body_bytes(response: httpx2.Response) -> tuple[LeanBody | None, AsyncIterat
     """The lean transport's body (to give it a deadline), when it carries this response, and the
     decoded body. Uncompressed from ``LeanTransport``, its own stream is read directly:
     httpx's wrapping generators (decode, chunk, count, time) cost a resume each per token."""
-    stream = getattr(response.stream, "_stream", None)  # httpx2 wraps the transport's stream once
+    # httpx2 wraps the transport's stream once, in a private attribute: its absence or another
+    # type (a new httpx2, another transport) falls back to the public iterator.
+    stream = getattr(response.stream, "_stream", None)
     if not isinstance(stream, LeanBody):
         return None, response.aiter_bytes()
     encoding = response.headers.get("content-encoding", "identity").strip().lower()

@@ -353,3 +353,24 @@ def test_an_answer_interrupted_by_shutdown_is_pushed_before_the_process_exits(
     assert server.stop() == 0
     [delivery] = push_service.deliveries_for(subscription)
     assert delivery.payload["status"] == "interrupted" and delivery.payload["channel"] == channel
+
+
+@pytest.mark.parametrize("front_door", ["v1-responses", "ai-sdk"])
+def test_an_answer_made_through_another_front_door_gets_its_push_when_nobody_watches(
+        server: ServerProcess, user: User, push_service: PushService, front_door: str) -> None:
+    subscription = user.subscribe(push_service)
+    if front_door == "v1-responses":
+        response = user.http.post("/v1/responses", json={"input": "Push me from /v1", "background": True})
+        assert response.status_code == 200, response.text
+        channel = response.headers["x-chime-channel"]
+    else:
+        body = {"id": "push-chat", "trigger": "submit-message", "messages": [
+            {"id": "m1", "role": "user", "parts": [{"type": "text", "text": "Push me from useChat"}]}]}
+        with user.http.stream("POST", "/api/ai/chat", json=body) as streamed:  # the tab closes after `start`
+            assert streamed.status_code == 200
+            first = next(line for line in streamed.iter_lines() if line.startswith("data: {"))
+        channel = json.loads(first[6:])["messageId"]
+    record = user.wait_finished(channel)
+    [delivery] = wait_until(lambda: push_service.deliveries_for(subscription), WAIT_S, "the push")
+    assert delivery.payload["channel"] == channel and delivery.payload["url"] == f"/c/{channel}"
+    assert delivery.payload["body"] == record["content"][:120] and delivery.payload["status"] == "done"

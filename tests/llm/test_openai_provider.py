@@ -67,6 +67,15 @@ async def test_a_streamed_answer_becomes_chunks_with_usage_and_finish_reason(ups
     assert "temperature" not in request.body and "max_tokens" not in request.body
 
 
+@pytest.mark.parametrize("fast_path", [True, False])
+async def test_the_body_is_read_the_same_with_the_fast_path_off(upstream: OpenAIUpstream, fast_path: bool) -> None:
+    upstream.when("hello", Reply(tokens=["Hi", " there", "!"], finish_reason="stop"))
+    provider = provider_for(upstream, fast_path=fast_path)
+    assert provider.unwrap_body is fast_path  # off: httpx2's private stream is never touched
+    chunks, error = await collect(provider, "hello")
+    assert error is None and text(chunks) == "Hi there!"
+
+
 async def test_a_server_without_a_key_gets_a_placeholder_bearer(upstream: OpenAIUpstream) -> None:
     with OpenAIUpstream(models=[MODEL]) as keyless:
         chunks, error = await collect(provider_for(keyless, openai_api_key=None), "hi")

@@ -18,7 +18,7 @@ from sanic.exceptions import BadRequest, SanicException, URITooLong
 from websockets.exceptions import InvalidHandshake
 
 import redaction
-from channels.answers import UnknownConversation
+from channels.answers import UnknownAnswer, UnknownConversation
 from channels.limits import LimitExceeded
 from channels.store import StoreUnavailable
 
@@ -166,6 +166,7 @@ def json_error(status: int, code: str, message: str, headers: dict[str, str] | N
 # Domain exceptions raised below the routes, and the API error each stands for: the one table.
 _DOMAIN_ERRORS: tuple[tuple[type[Exception], Callable[[Any], ApiError]], ...] = (
     (UnknownConversation, lambda exc: NotFound("No such conversation.")),
+    (UnknownAnswer, lambda exc: NotFound("No such channel.")),
     (LimitExceeded, lambda exc: RateLimited(exc.message, retry_after_s=exc.retry_after_s)),
     (StoreUnavailable, lambda exc: Unavailable("Storage is unavailable for a moment; try again.",
                                                retry_after_s=exc.retry_after_s)),

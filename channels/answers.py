@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from channels.generation import Generations
+from channels.hub import Hub
 from channels.limits import Limits
-from channels.store import MessageRecord, NewAnswer, Store
+from channels.store import ChannelRecord, ConversationRecord, MessageRecord, NewAnswer, Store
 from llm.base import NO_OPTIONS, ModelOptions
 from llm.context import build_messages
 from settings import Settings
@@ -56,6 +57,10 @@ class UnknownConversation(Exception):
     """The conversation does not exist, or is not the submitting user's."""
 
 
+class UnknownAnswer(Exception):
+    """The channel does not exist, or is not the user's."""
+
+
 @dataclass(frozen=True)
 class Submitted:
     channel: str
@@ -64,12 +69,47 @@ class Submitted:
 
 
 class Answers:
-    def __init__(self, store: Store, generations: Generations, limits: Limits, settings: Settings):
+    def __init__(self, store: Store, generations: Generations, limits: Limits, settings: Settings,
+                 hub: Hub | None = None):
         self.store = store
         self.generations = generations
         self.limits = limits
         self.settings = settings
+        self.hub = hub
         self._starting: set[asyncio.Task[None]] = set()
+
+    # ---- ownership: another user's things do not exist --------------------------------
+
+    async def answer_of(self, user_id: str, channel_id: str) -> ChannelRecord:
+        """The user's channel; ``UnknownAnswer`` for one that is missing or another's."""
+        record = await self.store.get_channel(channel_id)
+        if record is None or record.user_id != user_id:
+            raise UnknownAnswer(channel_id)
+        return record
+
+    async def conversation_of(self, user_id: str, conversation_id: str) -> ConversationRecord:
+        """The user's conversation; ``UnknownConversation`` for one that is missing or another's."""
+        conversation = await self.store.get_conversation(conversation_id)
+        if conversation is None or conversation.user_id != user_id:
+            raise UnknownConversation(conversation_id)
+        return conversation
+
+    # ---- ending ---------------------------------------------------------------------
+
+    async def cancel(self, channel_id: str, *, wait: bool = False) -> bool:
+        """Cancel a running answer (it appends ``cancelled`` itself); False when it has ended or
+        is appending its own ending. ``wait``: return once the ending is stored."""
+        return await self.generations.stop(channel_id, wait=wait)
+
+    async def delete_conversation(self, conversation_id: str) -> None:
+        """Its running answers are cancelled (their endings stored), then it goes with its channels,
+        and their readers are woken to see them gone."""
+        for message in await self.store.messages(conversation_id):
+            if message.role == "assistant" and message.status == "running" and message.channel:
+                await self.generations.stop(message.channel, wait=True)
+        for channel in await self.store.delete_conversation(conversation_id):
+            if self.hub is not None:
+                self.hub.forget(channel)
 
     async def submit(self, user_id: str | None, message: str, conversation_id: str | None, address: str, *,
                      create_as: str | ConversationFor | None = None,

@@ -191,10 +191,10 @@ async def resume(request: ChimeRequest, chat_id: str) -> HTTPResponse | None:
 
 @bp.post("/api/ai/chat/<chat_id:str>/stop", unquote=True)
 async def stop(request: ChimeRequest, chat_id: str) -> HTTPResponse:
-    generations = request.app.ctx.generations
+    answers = request.app.ctx.answers
     stopped = False
     for channel in answer_channels(await chat_messages(request, chat_id), running_only=True):
-        stopped = await generations.stop(channel) or stopped
+        stopped = await answers.cancel(channel) or stopped
     return empty(status=202 if stopped else 204)
 
 

@@ -34,7 +34,7 @@ async def get_channel(request: ChimeRequest, channel_id: str) -> HTTPResponse:
 @bp.post("/api/channels/<channel_id:str>/cancel")
 async def cancel(request: ChimeRequest, channel_id: str) -> HTTPResponse:
     record = await owned_channel(request, channel_id, await require_user(request))
-    if not record.running or not await request.app.ctx.generations.stop(record.id):
+    if not record.running or not await request.app.ctx.answers.cancel(record.id):
         raise AlreadyFinished()
     return json({"channel": record.id, "status": "cancelling"}, status=202)
 

@@ -6,7 +6,6 @@ from sanic import Blueprint
 from sanic.response import HTTPResponse, empty, json
 
 from channels.store import ConversationRecord
-from errors import NotFound
 from routes.auth import require_user
 from services import ChimeRequest
 
@@ -14,11 +13,7 @@ bp = Blueprint("conversations")
 
 
 async def owned_conversation(request: ChimeRequest, conversation_id: str) -> ConversationRecord:
-    user_id = await require_user(request)
-    conversation = await request.app.ctx.store.get_conversation(conversation_id)
-    if conversation is None or conversation.user_id != user_id:
-        raise NotFound("No such conversation.")
-    return conversation
+    return await request.app.ctx.answers.conversation_of(await require_user(request), conversation_id)
 
 
 @bp.get("/api/conversations")
@@ -46,11 +41,6 @@ async def get_conversation(request: ChimeRequest, conversation_id: str) -> HTTPR
 
 @bp.delete("/api/conversations/<conversation_id:str>")
 async def delete_conversation(request: ChimeRequest, conversation_id: str) -> HTTPResponse:
-    ctx = request.app.ctx
     conversation = await owned_conversation(request, conversation_id)
-    for m in await ctx.store.messages(conversation.id):
-        if m.role == "assistant" and m.status == "running" and m.channel:
-            await ctx.generations.stop(m.channel, wait=True)
-    for channel in await ctx.store.delete_conversation(conversation.id):
-        ctx.hub.forget(channel)
+    await request.app.ctx.answers.delete_conversation(conversation.id)
     return empty(status=204)

@@ -429,7 +429,7 @@ async def cancel_response(request: ChimeRequest, response_id: str) -> HTTPRespon
     user_id = await require_user(request)
     record = await owned_response(request, response_id, user_id)
     if record.running:
-        await ctx.generations.stop(record.id, wait=True)
+        await ctx.answers.cancel(record.id, wait=True)
         record = await ctx.store.get_channel(record.id) or record
     facts = await response_facts(request, record)
     return json(await current_response(request, record, facts), headers=channel_headers(record.id))

@@ -26,7 +26,7 @@ from channels.hub import DirectWrite
 from channels.presence import Reader
 from channels.reader import replay_then_live
 from channels.store import ChannelRecord
-from errors import ApiError, NotFound
+from errors import ApiError, domain_error
 from routes import sanic_internals
 from routes.auth import require_user, set_cookie
 from routes.encoders import StreamEncoder, polling
@@ -61,10 +61,7 @@ def accepts_event_stream(request: ChimeRequest) -> bool:
 
 
 async def owned_channel(request: ChimeRequest, channel_id: str, user_id: str) -> ChannelRecord:
-    record: ChannelRecord | None = await request.app.ctx.store.get_channel(channel_id)
-    if record is None or record.user_id != user_id:
-        raise NotFound("No such channel.")
-    return record
+    return await request.app.ctx.answers.answer_of(user_id, channel_id)
 
 
 def resume_point(request: ChimeRequest) -> int:
@@ -168,8 +165,11 @@ async def serve_websocket(request: ChimeRequest, ws: Websocket, guard: InboundGu
         user_id = await require_user(request, allow_query=True)
         after = resume_point(request)
         record = await owned_channel(request, channel_id, user_id)
-    except ApiError as exc:
-        await ws.close(code=4000 + exc.status_code, reason=exc.message[:120])
+    except Exception as exc:  # a refusal closes with 4000 + its HTTP status (API.md)
+        refusal = domain_error(exc) or exc
+        if not isinstance(refusal, ApiError):
+            raise
+        await ws.close(code=4000 + refusal.status_code, reason=refusal.message[:120])
         return
     if finished_at_or_before(record, after):
         await ws.close(code=WS_CLOSE_NORMAL, reason="finished")
@@ -231,7 +231,7 @@ async def _listen(ctx: Any, guard: InboundGuard, channel: str, reader: Reader) -
                 continue
             kind = message.get("type")
             if kind == "cancel":
-                await ctx.generations.stop(channel)
+                await ctx.answers.cancel(channel)
             elif kind == "presence" and isinstance(message.get("visible"), bool):
                 ctx.presence.report(channel, message["visible"], reader)
     except (asyncio.CancelledError, WebsocketClosed):

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from channels.answers import Answers, UnknownConversation, title_for
+from channels.answers import Answers, UnknownAnswer, UnknownConversation, title_for
 from channels.generation import Generations
+from channels.hub import Hub
 from channels.limits import LimitExceeded, Limits
 from channels.presence import Presence
 from channels.store import Store
@@ -127,3 +128,29 @@ async def test_a_cancelled_request_still_gets_a_whole_answer(world: World) -> No
     assert len(world.provider.asked) == 1  # the answer was started all the same
     await async_wait_until(lambda: world.generations.running == 0, 5, "the answer to end")
     assert await world.store.running_channels() == []
+
+
+async def test_ownership_cancel_and_delete_go_through_the_service(world: World) -> None:
+    hub = Hub()
+    world.answers.hub = hub
+    world.generations.provider = DemoProvider(200)  # slow enough to be running when cancelled
+    submitted = await world.answers.submit(None, "cancel me", None, ADDRESS)
+    stored = await world.store.get_channel(submitted.channel)
+    assert stored is not None
+    record = await world.answers.answer_of(stored.user_id, submitted.channel)
+    with pytest.raises(UnknownAnswer):
+        await world.answers.answer_of("someone-else", submitted.channel)
+    with pytest.raises(UnknownConversation):
+        await world.answers.conversation_of("someone-else", submitted.conversation_id)
+    assert await world.answers.cancel(record.id, wait=True) is True
+    assert await world.answers.cancel(record.id) is False  # ended: the route says 409
+    assert (await world.store.read_after(record.id, 0))[-1].type == "cancelled"
+    again = await world.answers.submit(record.user_id, "and delete me while I run", submitted.conversation_id,
+                                       ADDRESS)
+    feed = hub.acquire(again.channel)
+    await world.answers.delete_conversation(submitted.conversation_id)
+    assert feed.closed  # its readers were woken to see it gone (this hub hears no commits)
+    assert await world.store.get_channel(again.channel) is None
+    assert await world.store.get_conversation(submitted.conversation_id) is None
+    assert not world.generations.is_running(again.channel)
+    hub.release(feed)

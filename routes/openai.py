@@ -18,6 +18,7 @@ from typing import Any
 from sanic import Blueprint
 from sanic.response import HTTPResponse, json
 
+from channels.answers import UnknownAnswer
 from channels.events import DONE, ERROR, Event
 from channels.store import ChannelRecord, Store
 from errors import ApiError, InvalidField, ModelNotFound, NotFound, Unavailable
@@ -300,9 +301,9 @@ async def owned_response(request: ChimeRequest, response_id: str, user_id: str, 
     channel = openai_responses.channel_of(response_id)
     try:
         if channel is None:
-            raise NotFound()
+            raise UnknownAnswer(response_id)
         return await owned_channel(request, channel, user_id)
-    except NotFound:
+    except UnknownAnswer:
         error = NotFound(f"No response with id {response_id!r}.")
         error.param = param
         raise error from None

@@ -53,7 +53,8 @@ def test_an_sse_frame_is_the_documented_framing() -> None:
     data = json.dumps({"content": f"{UNICODE} 1"}, ensure_ascii=False, separators=(",", ":")).encode()
     assert sse.frame(event) == b"id: 1\nevent: delta\ndata: " + data + b"\n\n"
     assert sse.encode(deltas(2)) == b"".join(sse.frame(e) for e in deltas(2))
-    assert sse.retry(2000) == b"retry: 2000\n\n" and sse.KEEPALIVE == b": keepalive\n\n"
+    # Neither ends an event: retry joins the first event's block, a keepalive is a lone comment line.
+    assert sse.retry(2000) == b"retry: 2000\n" and sse.KEEPALIVE == b": keepalive\n"
 
 
 def test_a_polling_page_is_byte_for_byte_what_sanics_json_writes() -> None:

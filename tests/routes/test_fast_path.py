@@ -73,7 +73,7 @@ async def test_a_live_sse_reader_is_written_directly(served: str, monkeypatch: p
         auth, channel = await ask(client)
         async with client.stream("GET", f"/api/channels/{channel}/events", headers=auth) as response:
             body = b"".join([chunk async for chunk in response.aiter_bytes()])
-    assert body.startswith(b"retry: 2000\n\n") and b"event: done" in body
+    assert body.startswith(b"retry: 2000\nid: 1\nevent: meta\n") and b"event: done" in body
     assert written  # the live part of the answer went through the fast path
 
 

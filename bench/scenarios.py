@@ -430,8 +430,8 @@ class Replay:
 
 async def _stored_channel(data_dir: Path, events: int) -> tuple[str, str]:
     """Write a finished channel of ``events`` events straight into a fresh store."""
+    from channels.answers import hash_token, new_id
     from channels.sqlite import SQLiteStore
-    from routes.auth import hash_token, new_id
 
     store = SQLiteStore(data_dir / "chime.sqlite3")
     await store.open()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-
 from sanic import HTTPResponse
 
+from channels.answers import hash_token, new_id, new_token
 from channels.store import Store
 from errors import Unauthenticated
 from services import ChimeRequest
@@ -20,19 +18,10 @@ EXPIRED_COOKIE = f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
 MAX_TOKEN_CHARS = 256
 
 
-def new_id() -> str:
-    """An opaque, URL-safe id with 128 random bits."""
-    return secrets.token_urlsafe(16)
-
-
 def is_token_text(token: str) -> bool:
     """Issued tokens are short URL-safe ASCII; header bytes that are not UTF-8 arrive as
     lone surrogates, which cannot even be hashed, so such a value is simply not a token."""
     return len(token) <= MAX_TOKEN_CHARS and token.isascii() and token.isprintable()
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def presented_token(request: ChimeRequest, *, allow_query: bool = False) -> str | None:
@@ -87,7 +76,7 @@ class Users:
         self._cache: dict[str, str] = {}
 
     async def create(self) -> tuple[str, str]:
-        user_id, token = new_id(), secrets.token_urlsafe(32)
+        user_id, token = new_id(), new_token()
         await self.store.create_user(user_id, hash_token(token))
         return user_id, token
 

@@ -241,7 +241,12 @@ class OpenAIProvider:
                                        "failed or broke off.", retryable=True))
         if isinstance(exc, openai.APIError):
             return _Attempt(ModelError("model_error", self._upstream_message(exc.body, "The model failed.")))
-        log.error("unexpected failure talking to the model: %s", type(exc).__name__)
+        if isinstance(exc.__context__, ModelError):
+            # Closing the request failed while it was ending for a reason of its own (a stall, a
+            # line too long): that reason is what the user reads; the closing failure is logged.
+            log.warning("closing a failed model request failed too", exc_info=exc)
+            return _Attempt(exc.__context__)
+        log.error("unexpected failure talking to the model: %s", type(exc).__name__, exc_info=exc)
         return _Attempt(ModelError("model_error", "The model request failed."))
 
     def _status_failure(self, exc: openai.APIStatusError) -> _Attempt:

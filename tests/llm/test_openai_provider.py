@@ -163,6 +163,20 @@ async def timed_collect(provider: OpenAIProvider, message: str) -> tuple[list[Ch
     return chunks, error, time.monotonic() - started
 
 
+def test_a_failure_while_closing_a_stalled_request_still_reads_as_the_stall(upstream: OpenAIUpstream) -> None:
+    provider = provider_for(upstream)
+    stalled = provider._stalled()
+    try:
+        try:
+            raise stalled
+        except ModelError:
+            raise AttributeError("closing the response failed")  # noqa: B904  (as __aexit__ replaces it)
+    except AttributeError as closing:
+        attempt = provider._classify(closing)
+    assert attempt.error is stalled and attempt.error.code == "model_stalled"
+    assert provider._classify(AttributeError("alone")).error.code == "model_error"
+
+
 @pytest.mark.parametrize("tokens_first", [0, 1])
 async def test_an_unfinished_line_trickling_in_ends_with_model_stalled(upstream: OpenAIUpstream,
                                                                        tokens_first: int) -> None:

@@ -107,12 +107,15 @@ def hang_up_hard(port: int, request: bytes) -> None:
 
 
 def channel_logs(db_path: Path) -> dict[str, list[tuple[int, str]]]:
-    with sqlite3.connect(db_path) as db:
+    """Every channel's (id, type) log, both queries read from one snapshot of the database."""
+    with sqlite3.connect(db_path, isolation_level=None) as db:
+        db.execute("BEGIN")  # the server goes on writing: channels and events from the same moment
         logs: dict[str, list[tuple[int, str]]] = {
             channel: [] for (channel,) in db.execute("SELECT id FROM channels")}
         for channel, id_, type_ in db.execute("SELECT channel, id, type FROM events UNION ALL "
                                               "SELECT channel, id, type FROM recent_events ORDER BY 1, 2"):
             logs[channel].append((id_, type_))
+        db.execute("COMMIT")
     return logs
 
 

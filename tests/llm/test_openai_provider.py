@@ -26,6 +26,19 @@ STALL_S = 0.5
 SLACK_S = 0.6
 
 
+# Every provider test runs on both request paths: the fast path's (the lean transport, sent
+# directly) and the SDK's (``CHIME_FAST_PATH=0``): requests, refusals and failures read the same.
+_fast_path = True
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["direct", "sdk"])
+def request_path(request: pytest.FixtureRequest) -> Iterator[None]:
+    global _fast_path
+    _fast_path = request.param
+    yield
+    _fast_path = True
+
+
 @pytest.fixture
 def upstream() -> Iterator[OpenAIUpstream]:
     with OpenAIUpstream(api_key=KEY, models=[MODEL]) as server:
@@ -35,7 +48,7 @@ def upstream() -> Iterator[OpenAIUpstream]:
 def provider_for(upstream: OpenAIUpstream, **overrides: object) -> OpenAIProvider:
     values: dict[str, object] = dict(openai_base_url=upstream.url, openai_api_key=KEY, model=MODEL,
                                      model_retries=RETRIES, model_retry_base_s=0.01, model_stall_s=STALL_S,
-                                     model_connect_timeout_s=2.0)
+                                     model_connect_timeout_s=2.0, fast_path=_fast_path)
     values.update(overrides)
     return OpenAIProvider(Settings(**values))  # type: ignore[arg-type]
 

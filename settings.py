@@ -30,6 +30,13 @@ class Settings:
     port: int = 8000
     data_dir: Path = Path("./data")
 
+    # Several processes as one service. Without a Redis URL, SQLite under data_dir is the
+    # store and one process serves; with it, every process started on the same URL shares it.
+    redis_url: str | None = None
+    workers: int = 1
+    # How soon answers of a process that died without stopping end as interrupted.
+    lease_s: float = 10.0
+
     # The model. With neither a key nor a base URL, the offline demo model answers.
     openai_base_url: str | None = None
     openai_api_key: str | None = None
@@ -117,7 +124,7 @@ class Settings:
                     "history_budget_chars", "model_stall_s", "model_connect_timeout_s",
                     "max_running_per_user", "submissions_per_minute", "push_ttl_s", "push_timeout_s",
                     "max_running", "new_users_per_minute", "request_timeout_s", "max_answer_chars",
-                    "max_answer_s")
+                    "max_answer_s", "workers", "lease_s")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_var(name)} must be greater than 0")
@@ -136,6 +143,8 @@ class Settings:
         if self.log_level not in LOG_LEVELS:
             raise SettingsError(f"CHIME_LOG_LEVEL={self.log_level.lower()!r} must be one of "
                                 f"{', '.join(LOG_LEVELS)}")
+        if self.redis_url is not None:
+            _check_redis_url(self.redis_url)
         self._validate_model()
 
     def _validate_model(self) -> None:
@@ -165,6 +174,27 @@ def _check_base_url(raw: str) -> None:
     suggestion = f"http://{bare}" if "/" in bare else f"http://{bare}/v1"
     raise SettingsError(f"OPENAI_BASE_URL={raw!r} must be an http:// or https:// URL, "
                         f"e.g. {suggestion}")
+
+
+def _check_redis_url(raw: str) -> None:
+    parts = urlsplit(raw)
+    try:
+        _ = parts.port  # raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise SettingsError(f"CHIME_REDIS_URL={_without_password(raw)!r} is not valid: {exc}") from None
+    named = raw.lower().startswith(("redis://", "rediss://", "unix://"))
+    if named and (parts.scheme != "unix" or parts.path):
+        return
+    raise SettingsError(f"CHIME_REDIS_URL={_without_password(raw)!r} must be a redis://, rediss:// or unix:// "
+                        "URL, e.g. redis://127.0.0.1:6379/0 or unix:///run/redis/redis.sock")
+
+
+def _without_password(raw: str) -> str:
+    """The URL as an operator may read it on a terminal: a password in it is masked."""
+    user, at, host = raw.rpartition("@")
+    if not at or ":" not in user.split("://", 1)[-1]:
+        return raw
+    return f"{user.rpartition(':')[0]}:***@{host}"
 
 
 def _bool(raw: str) -> bool:
@@ -198,6 +228,9 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "host": ("CHIME_HOST", _str),
     "port": ("CHIME_PORT", int),
     "data_dir": ("CHIME_DATA_DIR", Path),
+    "redis_url": ("CHIME_REDIS_URL", _str),
+    "workers": ("CHIME_WORKERS", int),
+    "lease_s": ("CHIME_LEASE_S", float),
     "openai_base_url": ("OPENAI_BASE_URL", _str),
     "openai_api_key": ("OPENAI_API_KEY", _str),
     "model": ("CHIME_MODEL", _str),

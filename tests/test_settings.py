@@ -144,3 +144,45 @@ def test_the_model_settings_at_their_limits_are_accepted() -> None:
     # The offline demo may be named; any other name needs an endpoint.
     assert Settings.from_env({"CHIME_MODEL": "demo"}).model_name == "demo"
     assert Settings.from_env({"OPENAI_API_KEY": "sk-x", "CHIME_MODEL": "gpt-4o"}).model_name == "gpt-4o"
+
+
+def test_one_process_on_sqlite_is_the_default() -> None:
+    settings = Settings.from_env({})
+    assert (settings.redis_url, settings.workers, settings.lease_s) == (None, 1, 10.0)
+
+
+def test_the_scale_out_settings_are_read() -> None:
+    settings = Settings.from_env({"CHIME_REDIS_URL": " redis://127.0.0.1:6379/0 ", "CHIME_WORKERS": "4",
+                                  "CHIME_LEASE_S": "2.5"})
+    assert (settings.redis_url, settings.workers, settings.lease_s) == ("redis://127.0.0.1:6379/0", 4, 2.5)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://chime:secret@redis.example.com:6380/1",
+                                 "unix:///run/redis/redis.sock", "redis://localhost"])
+def test_redis_urls_are_accepted(url: str) -> None:
+    assert Settings.from_env({"CHIME_REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"CHIME_REDIS_URL": "localhost:6379"}, "CHIME_REDIS_URL='localhost:6379' must be a redis://, rediss:// or "
+                                            "unix:// URL, e.g. redis://127.0.0.1:6379/0"),
+    ({"CHIME_REDIS_URL": "http://redis.example.com"}, "CHIME_REDIS_URL"),
+    ({"CHIME_REDIS_URL": "unix://"}, "unix:///run/redis/redis.sock"),
+    ({"CHIME_REDIS_URL": "redis://redis.example.com:99999"}, "CHIME_REDIS_URL"),
+    ({"CHIME_WORKERS": "0"}, "CHIME_WORKERS must be greater than 0"),
+    ({"CHIME_WORKERS": "two"}, "CHIME_WORKERS='two' is not valid"),
+    ({"CHIME_WORKERS": "1.5"}, "CHIME_WORKERS"),
+    ({"CHIME_LEASE_S": "0"}, "CHIME_LEASE_S must be greater than 0"),
+    ({"CHIME_LEASE_S": "-1"}, "CHIME_LEASE_S"),
+    ({"CHIME_LEASE_S": "inf"}, "CHIME_LEASE_S must be a finite number"),
+])
+def test_bad_scale_out_settings_say_what_to_fix(env: dict[str, str], says: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env(env)
+    assert says in str(error.value)
+
+
+def test_a_redis_password_is_not_repeated_in_the_refusal() -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"CHIME_REDIS_URL": "http://chime:hunter2@redis.example.com"})
+    assert "hunter2" not in str(error.value) and "chime:***@redis.example.com" in str(error.value)

@@ -158,6 +158,20 @@ class EventLog(Protocol):
     async def running_channels(self) -> list[str]:
         """The channels without their terminal event yet."""
         ...
+    async def watch(self, channel_id: str) -> None:
+        """Tell ``on_commit`` of the channel's commits made by other processes too, until ``unwatch``.
+
+        Returns once that holds: every event committed from then on reaches
+        ``on_commit`` once, in id order (this store's own commits are told as
+        always); those committed before are the caller's to read. So a reader
+        watches first, then reads after its resume point, then merges by id.
+        Reference-counted: each ``watch`` is undone by one ``unwatch``. A backend
+        that one process owns alone has nothing to watch and returns at once.
+        """
+        ...
+    def unwatch(self, channel_id: str) -> None:
+        """Undo one ``watch`` of the channel."""
+        ...
 
 
 class Records(Protocol):

@@ -200,6 +200,12 @@ class SQLiteLog(Database):
     async def running_channels(self) -> list[str]:
         return [row[0] for row in await self._fetchall(SQL_RUNNING)]
 
+    async def watch(self, channel_id: str) -> None:
+        """Nothing to watch: one process owns the database, and every commit is its own."""
+
+    def unwatch(self, channel_id: str) -> None:
+        """Nothing to undo (see ``watch``)."""
+
     # ---- appending: the group commit -------------------------------------
 
     async def append(self, channel_id: str, type: str, data: dict[str, Any], *, wait: bool = True) -> Event:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,11 +11,22 @@ from channels.hub import Hub
 from channels.sqlite import SQLiteStore
 from channels.store import Store
 from tests.channels.stores import STORE_KINDS, StoreKind
+from tests.support import redis_server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_redis_server() -> Iterator[None]:
+    """The Redis the ``redis`` kind's stores use is started on first use and stopped here."""
+    yield
+    redis_server.stop_shared_server()
 
 
 @pytest.fixture(params=STORE_KINDS, ids=lambda kind: kind.name)
 def kind(request: pytest.FixtureRequest) -> StoreKind:
-    return request.param
+    kind: StoreKind = request.param
+    if kind.missing is not None:
+        pytest.skip(kind.missing)
+    return kind
 
 
 @pytest.fixture

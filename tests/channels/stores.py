@@ -15,8 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import redis
+
+from channels.redis import RedisStore
+from channels.redis.keys import Keys
 from channels.sqlite import SQLiteStore
 from channels.store import ChannelRecord, Store
+from tests.support import redis_server
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,7 @@ class StoreKind:
     name: str
     make: Callable[[Path], Store]
     committed_ids: Callable[[Path, str], list[int]]  # synchronous: usable inside on_commit
+    missing: str | None = None  # why this kind cannot run here (its tests are skipped)
 
 
 def _sqlite_path(location: Path) -> Path:
@@ -37,8 +43,28 @@ def _sqlite_committed_ids(location: Path, channel: str) -> list[int]:
     return [row[0] for row in rows]
 
 
+def _redis_store(location: Path) -> RedisStore:
+    """A store on the session's Redis, under the prefix of ``location``."""
+    return RedisStore(redis_server.shared_server().url, prefix=redis_server.prefix_for(location))
+
+
+_redis_clients: dict[str, redis.Redis] = {}
+
+
+def _redis_committed_ids(location: Path, channel: str) -> list[int]:
+    url = redis_server.shared_server().url
+    client = _redis_clients.get(url)
+    if client is None:
+        client = _redis_clients[url] = redis.Redis.from_url(url, socket_timeout=5.0)
+    entries: list[tuple[bytes, dict]] = client.xrange(  # type: ignore[assignment]  # bytes: nothing is decoded
+        Keys(redis_server.prefix_for(location)).log(channel))
+    return [int(entry_id.split(b"-")[0]) for entry_id, _ in entries]
+
+
 STORE_KINDS: list[StoreKind] = [
     StoreKind("sqlite", lambda location: SQLiteStore(_sqlite_path(location)), _sqlite_committed_ids),
+    StoreKind("redis", _redis_store, _redis_committed_ids,
+              missing=None if redis_server.available() else f"no {redis_server.REDIS_SERVER}"),
 ]
 
 

@@ -228,13 +228,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         configure_logging(settings.log_level)
         raise_open_files_limit()
+        if settings.workers > 1:
+            import serving  # it imports this module back (as ``app``): only when it serves
+
+            serving.serve_workers(settings)
+            return
         app = create_app(settings)
         app.ctx.owns_process = True  # stopping may ignore further signals and end the process if stuck
         tune_garbage_collector()
         app.run(host=settings.host, port=settings.port, single_process=True, access_log=False, motd=False,
                 backlog=LISTEN_BACKLOG, protocol=DeadlineProtocol)
     finally:
-        data_dir_lock.release()
+        if data_dir_lock is not None:
+            data_dir_lock.release()
 
 
 class StartupError(Exception):
@@ -282,12 +288,21 @@ def _restore(data_dir: Path, source: Path) -> int:
     return 0
 
 
-def check_can_serve(settings: Settings) -> backup.DataDirLock:
+def check_can_serve(settings: Settings) -> backup.DataDirLock | None:
     """What would otherwise fail after start, with a traceback or not at all, checked before it.
 
-    Returns the data directory's lock, held for as long as the server runs.
+    Returns the data directory's lock, held for as long as the server runs on SQLite. With
+    Redis there is none: the store is in Redis, shared by design, and several processes on
+    one host may be started with the same CHIME_DATA_DIR.
     """
+    if settings.workers > 1 and settings.redis_url is None:
+        raise StartupError(f"CHIME_WORKERS={settings.workers} needs CHIME_REDIS_URL: workers share their store, "
+                           "fan-out and limits through Redis (e.g. CHIME_REDIS_URL=redis://127.0.0.1:6379/0); "
+                           "without it set CHIME_WORKERS=1")
     check_data_dir(settings.data_dir)
+    if settings.redis_url is not None:
+        check_listen_address(settings.host, settings.port)
+        return None
     try:
         data_dir_lock = backup.DataDirLock.acquire(settings.data_dir)
     except backup.DataDirBusy as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from sanic import Blueprint
 from sanic.response import HTTPResponse, json, text
 
@@ -25,4 +27,8 @@ async def healthz(request: ChimeRequest) -> HTTPResponse:
 
 @bp.get("/metrics")
 async def metrics(request: ChimeRequest) -> HTTPResponse:
+    """Every process's counters and gauges, whichever worker answers (metrics.py)."""
+    # Counted per process (its pid a label): a scrape shows every process it covers.
+    request.app.ctx.metrics.inc("chime_metrics_scrapes_total", help="Scrapes of /metrics answered, by the "
+                                "answering process's pid.", pid=str(os.getpid()))
     return text(request.app.ctx.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")

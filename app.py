@@ -114,7 +114,7 @@ async def start_services(app: ChimeApp) -> None:
                         ctx.generations.running_for, max_running_total=settings.max_running,
                         running_total=lambda: ctx.generations.running,
                         new_users_per_minute=settings.new_users_per_minute)
-    ctx.answers = Answers(ctx.store, ctx.generations, ctx.limits, settings, ctx.hub)
+    ctx.answers = Answers(ctx.store, ctx.generations, ctx.limits, settings, ctx.hub, on_new_user=ctx.users.remember)
     ctx.generations.completion_hooks.append(_count_completion(ctx.metrics))
     _register_gauges(ctx)
     ctx.vapid, ctx.notifier = notify.create(settings, ctx.store, ctx.metrics)

@@ -61,6 +61,14 @@ class UnknownAnswer(Exception):
     """The channel does not exist, or is not the user's."""
 
 
+@dataclass(frozen=True, slots=True)
+class ReadPoint:
+    """Where an answer stands for a reader about to attach."""
+
+    running: bool
+    last_event_id: int
+
+
 @dataclass(frozen=True)
 class Submitted:
     channel: str
@@ -70,12 +78,14 @@ class Submitted:
 
 class Answers:
     def __init__(self, store: Store, generations: Generations, limits: Limits, settings: Settings,
-                 hub: Hub | None = None):
+                 hub: Hub | None = None, on_new_user: Callable[[str, str], None] | None = None):
         self.store = store
         self.generations = generations
         self.limits = limits
         self.settings = settings
         self.hub = hub
+        # Told ``(user_id, token_hash)`` of each user a submission made, once it is stored.
+        self.on_new_user = on_new_user
         self._starting: set[asyncio.Task[None]] = set()
 
     # ---- ownership: another user's things do not exist --------------------------------
@@ -86,6 +96,23 @@ class Answers:
         if record is None or record.user_id != user_id:
             raise UnknownAnswer(channel_id)
         return record
+
+    async def read_point(self, user_id: str, channel_id: str) -> ReadPoint:
+        """Where the user's answer stands, for a reader; ``UnknownAnswer`` as ``answer_of``.
+
+        While this process generates the answer, the hub's feed of it has been told of
+        every commit (a submission holds the feed from before its ``meta`` until its
+        generation ends), so its last id and whether it ended are known without reading
+        the store: an arriving reader costs no read.
+        """
+        owner = self.generations.owner_of(channel_id)
+        feed = self.hub.feed(channel_id) if self.hub is not None and owner is not None else None
+        if feed is not None and feed.last_id is not None:
+            if owner != user_id:
+                raise UnknownAnswer(channel_id)
+            return ReadPoint(not feed.closed, feed.last_id)
+        record = await self.answer_of(user_id, channel_id)
+        return ReadPoint(record.running, record.last_event_id)
 
     async def conversation_of(self, user_id: str, conversation_id: str) -> ConversationRecord:
         """The user's conversation; ``UnknownConversation`` for one that is missing or another's."""
@@ -171,9 +198,22 @@ class Answers:
 
     async def _create_and_start(self, answer: NewAnswer, messages: list[dict[str, str]],
                                 options: ModelOptions) -> None:
-        with self.limits.admit(answer.user_id):
-            await self.store.create_answer(answer)
-            self.generations.start(answer.channel_id, answer.user_id, messages, options)
+        # The feed is held from before the channel exists until its generation ends: its tail
+        # then has the answer from ``meta`` on, and its first readers read no store.
+        hub = self.hub
+        feed = hub.acquire(answer.channel_id) if hub is not None else None
+        try:
+            with self.limits.admit(answer.user_id):
+                await self.store.create_answer(answer)
+                generation = self.generations.start(answer.channel_id, answer.user_id, messages, options)
+        except BaseException:
+            if hub is not None and feed is not None:
+                hub.release(feed)
+            raise
+        if hub is not None and feed is not None:
+            generation.add_done_callback(lambda _: hub.release(feed))
+        if answer.new_user is not None and self.on_new_user is not None:
+            self.on_new_user(*answer.new_user)
 
     async def settle(self) -> None:
         """Wait for submissions under way (on stop, before the generations are shut down)."""

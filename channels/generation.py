@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from channels.events import CANCELLED, DELTA, DONE, ERROR, INTERRUPTED, USAGE
 from channels.presence import Presence
@@ -56,12 +56,25 @@ class Completion:
 CompletionHook = Callable[[Completion], Awaitable[None] | None]
 
 
+class Peers(Protocol):
+    """The other processes on the same store (``channels.peers``): who runs which answer."""
+
+    async def claim(self, channel: str) -> None: ...
+    async def release(self, channel: str) -> None: ...
+    async def owned_elsewhere(self) -> set[str]: ...
+    async def cancel_elsewhere(self, channel: str) -> bool: ...
+
+
 class Generations:
     def __init__(self, store: Store, provider: Provider, presence: Presence, *,
-                 max_answer_chars: int | None = None, max_answer_s: float | None = None):
+                 max_answer_chars: int | None = None, max_answer_s: float | None = None,
+                 peers: Peers | None = None):
         self.store = store
         self.provider = provider
         self.presence = presence
+        # Other processes on the same store: their answers are theirs to end, and a cancel
+        # of one goes to them. Without peers, every running channel is this process's.
+        self.peers = peers
         self.max_answer_chars = max_answer_chars
         self.max_answer_s = max_answer_s
         self.completion_hooks: list[CompletionHook] = []
@@ -76,12 +89,13 @@ class Generations:
     # ---- starting and stopping -------------------------------------------
 
     def start(self, channel: str, user_id: str, messages: list[dict[str, str]],
-              options: ModelOptions = NO_OPTIONS) -> None:
+              options: ModelOptions = NO_OPTIONS) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(
             self._run(channel, user_id, messages, options), name=f"chime-generation-{channel}")
         self._tasks[channel] = task
         self._owners[channel] = user_id
         task.add_done_callback(lambda _: self._forget(channel))
+        return task
 
     def _forget(self, channel: str) -> None:
         self._tasks.pop(channel, None)
@@ -91,6 +105,10 @@ class Generations:
 
     def is_running(self, channel: str) -> bool:
         return channel in self._tasks
+
+    def owner_of(self, channel: str) -> str | None:
+        """The user whose answer this process is generating on ``channel``; None when it is none."""
+        return self._owners.get(channel)
 
     def running_for(self, user_id: str) -> int:
         return sum(1 for owner in self._owners.values() if owner == user_id)
@@ -124,13 +142,30 @@ class Generations:
             if wait and task is not None:
                 await asyncio.wait([task])
             return True
+        if task is None and self.peers is not None and await self.peers.cancel_elsewhere(channel):
+            if wait:
+                await self._ended_elsewhere(channel)
+            return True
         record = await self.store.get_channel(channel)
         if record is None or not record.running or task is not None:
             return False
         return await self.finish(channel, record.user_id, CANCELLED, {})
 
+    async def _ended_elsewhere(self, channel: str, timeout_s: float = 10.0) -> None:
+        """Wait (bounded) until another process's answer on ``channel`` has its terminal event."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                record = await self.store.get_channel(channel)
+                if record is None or not record.running:
+                    return
+                await asyncio.sleep(0.05)
+
     async def interrupt_orphans(self) -> int:
-        """On start: end every channel a previous process left running as interrupted."""
+        """On start: end every channel a previous process left running as interrupted.
+
+        With peers, running channels may be theirs: the sweep ends those nobody owns."""
+        if self.peers is not None:
+            return 0
         ended = 0
         for channel in await self.store.running_channels():
             if channel not in self._tasks and await self._end_without_generation(channel, RESTART_REASON):
@@ -143,7 +178,9 @@ class Generations:
         A channel seen once may be a submission between its commit and its generation's
         start; seen again a sweep later, nothing is going to end it but this.
         """
-        abandoned = {channel for channel in await self.store.running_channels() if channel not in self._tasks}
+        elsewhere = await self.peers.owned_elsewhere() if self.peers is not None else set()
+        abandoned = {channel for channel in await self.store.running_channels()
+                     if channel not in self._tasks and channel not in elsewhere}
         confirmed, self._abandoned = abandoned & self._abandoned, abandoned
         ended = 0
         for channel in confirmed:
@@ -185,6 +222,26 @@ class Generations:
 
     async def _run(self, channel: str, user_id: str, messages: list[dict[str, str]],
                    options: ModelOptions) -> None:
+        if self.peers is None:
+            await self._generate(channel, user_id, messages, options)
+            return
+        try:
+            await self.peers.claim(channel)
+        except Exception:
+            log.warning("could not claim %s for this process", channel, exc_info=True)
+            await self.finish(channel, user_id, ERROR, {
+                "code": "internal_error", "message": "The answer could not start: the store is unavailable."})
+            return
+        try:
+            await self._generate(channel, user_id, messages, options)
+        finally:
+            try:
+                await self.peers.release(channel)
+            except Exception:
+                log.warning("could not release the claim on %s; it is left to the sweep", channel, exc_info=True)
+
+    async def _generate(self, channel: str, user_id: str, messages: list[dict[str, str]],
+                        options: ModelOptions) -> None:
         try:
             async with asyncio.timeout(self.max_answer_s):
                 finish_reason = await self._stream(channel, messages, options)

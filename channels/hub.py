@@ -53,7 +53,7 @@ class Follower:
 
 
 class Feed:
-    __slots__ = ("channel", "tail", "first_id", "last_id", "closed", "_waiters", "_followers", "refs")
+    __slots__ = ("channel", "tail", "first_id", "last_id", "closed", "_waiters", "_followers", "refs", "watching")
 
     def __init__(self, channel: str):
         self.channel = channel
@@ -64,6 +64,7 @@ class Feed:
         self._waiters: set[asyncio.Future[bool]] = set()
         self._followers: set[Follower] = set()
         self.refs = 0
+        self.watching: asyncio.Future[None] | None = None  # the store's watch of it, for readers
 
     def add(self, events: Sequence[Event]) -> None:
         for event in events:
@@ -186,6 +187,11 @@ class Feed:
         self.release_followers()
 
 
+def _watched(watching: asyncio.Future[None]) -> bool:
+    """Whether a watch is set up or being set up (not failed, not cancelled)."""
+    return not watching.done() or (not watching.cancelled() and watching.exception() is None)
+
+
 def _expire(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False)
@@ -197,12 +203,22 @@ class LogReader(Protocol):
     async def read_after(self, channel_id: str, after: int, limit: int = ...) -> list[Event]: ...
 
 
+class Watcher(Protocol):
+    """A store shared by several processes: it tells ``publish`` of other processes' commits
+    to the channels it watches (``EventLog.watch``)."""
+
+    async def watch(self, channel_id: str) -> None: ...
+    def unwatch(self, channel_id: str) -> None: ...
+
+
 class Hub:
-    def __init__(self, store: LogReader | None = None) -> None:
+    def __init__(self, store: LogReader | None = None, watcher: Watcher | None = None) -> None:
         self._feeds: dict[str, Feed] = {}
         self.shutting_down = False
         # Read by ``resync``; without it a resync sends the readers to the store themselves.
         self.store = store
+        # With several processes on one store: a channel with readers here is watched.
+        self.watcher = watcher
         self._resyncs: set[asyncio.Task[None]] = set()
 
     def acquire(self, channel: str) -> Feed:
@@ -212,10 +228,34 @@ class Hub:
         feed.refs += 1
         return feed
 
+    async def attach(self, channel: str) -> Feed:
+        """``acquire`` for a reader: with a ``watcher``, returns once other processes' commits to
+        the channel reach this hub, so a reader that reads the store after this misses nothing."""
+        feed = self.acquire(channel)
+        watcher = self.watcher
+        if watcher is None:
+            return feed
+        try:
+            if feed.watching is None or not _watched(feed.watching):
+                feed.watching = asyncio.ensure_future(watcher.watch(channel))
+            await asyncio.shield(feed.watching)
+        except BaseException:
+            self.release(feed)
+            raise
+        return feed
+
+    def feed(self, channel: str) -> Feed | None:
+        """The channel's feed when some reader or writer holds it; None otherwise."""
+        return self._feeds.get(channel)
+
     def release(self, feed: Feed) -> None:
         feed.refs -= 1
         if feed.refs <= 0 and self._feeds.get(feed.channel) is feed:
             del self._feeds[feed.channel]
+            watcher, watching = self.watcher, feed.watching
+            if watcher is not None and watching is not None:
+                # A watch still being set up is undone once it is (a failed one needs nothing).
+                watching.add_done_callback(lambda done: watcher.unwatch(feed.channel) if _watched(done) else None)
 
     def publish(self, events: Iterable[Event]) -> None:
         """Called by the store after each commit."""

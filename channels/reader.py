@@ -21,7 +21,7 @@ async def replay_then_live(store: LogReader, hub: Hub, channel: str, after: int,
                            direct: DirectWrite | None = None) -> AsyncGenerator[list[Event], None]:
     """See the module docstring. With ``direct``, live events once caught up are written
     through it as they are committed and not yielded (see ``Feed.follow``)."""
-    feed = hub.acquire(channel)
+    feed = await hub.attach(channel)  # other processes' commits reach the feed before the store is read
     try:
         while not hub.shutting_down:
             batch = feed.since(after, REPLAY_PAGE_EVENTS)

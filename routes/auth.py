@@ -80,6 +80,10 @@ class Users:
         await self.store.create_user(user_id, hash_token(token))
         return user_id, token
 
+    def remember(self, user_id: str, token_hash: str) -> None:
+        """A user made elsewhere (a submission without identity): its token is known from now on."""
+        self._keep(token_hash, user_id)
+
     async def lookup(self, token: str) -> str | None:
         """The token's user; None for a token this server never issued (unknown, or not even ASCII)."""
         if not is_token_text(token):
@@ -89,7 +93,10 @@ class Users:
         if user_id is None:
             user_id = await self.store.user_for_token_hash(hashed)
             if user_id is not None:
-                if len(self._cache) >= self.CACHE_ENTRIES:
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[hashed] = user_id
+                self._keep(hashed, user_id)
         return user_id
+
+    def _keep(self, token_hash: str, user_id: str) -> None:
+        if len(self._cache) >= self.CACHE_ENTRIES:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[token_hash] = user_id

@@ -21,6 +21,7 @@ from sanic import Blueprint
 from sanic.exceptions import WebsocketClosed
 from sanic.response import HTTPResponse, empty
 
+from channels.answers import ReadPoint
 from channels.events import Event
 from channels.hub import DirectWrite
 from channels.presence import Reader
@@ -72,7 +73,11 @@ def resume_point(request: ChimeRequest) -> int:
     return non_negative_int(query_value(request, "last_event_id"), "last_event_id") or 0
 
 
-def finished_at_or_before(record: ChannelRecord, after: int) -> bool:
+async def read_point(request: ChimeRequest, channel_id: str, user_id: str) -> ReadPoint:
+    return await request.app.ctx.answers.read_point(user_id, channel_id)
+
+
+def finished_at_or_before(record: ChannelRecord | ReadPoint, after: int) -> bool:
     return not record.running and after >= record.last_event_id
 
 
@@ -131,10 +136,10 @@ async def stream_http(request: ChimeRequest, channel: str, after: int, encoder: 
 async def sse(request: ChimeRequest, channel_id: str) -> HTTPResponse | None:
     user_id = await require_user(request, allow_query=True)
     after = resume_point(request)
-    record = await owned_channel(request, channel_id, user_id)
-    if finished_at_or_before(record, after):
+    point = await read_point(request, channel_id, user_id)
+    if finished_at_or_before(point, after):
         return empty(status=204)
-    await stream_sse(request, record.id, after)
+    await stream_sse(request, channel_id, after)
     return None
 
 
@@ -164,14 +169,14 @@ async def serve_websocket(request: ChimeRequest, ws: Websocket, guard: InboundGu
     try:
         user_id = await require_user(request, allow_query=True)
         after = resume_point(request)
-        record = await owned_channel(request, channel_id, user_id)
+        point = await read_point(request, channel_id, user_id)
     except Exception as exc:  # a refusal closes with 4000 + its HTTP status (API.md)
         refusal = domain_error(exc) or exc
         if not isinstance(refusal, ApiError):
             raise
         await ws.close(code=4000 + refusal.status_code, reason=refusal.message[:120])
         return
-    if finished_at_or_before(record, after):
+    if finished_at_or_before(point, after):
         await ws.close(code=WS_CLOSE_NORMAL, reason="finished")
         return
     send = ws_sender(ws)
@@ -248,16 +253,16 @@ async def poll(request: ChimeRequest, channel_id: str) -> HTTPResponse:
     user_id = await require_user(request)
     after = non_negative_int(query_value(request, "after"), "after") or 0
     wait_s = bounded_number(query_value(request, "wait"), "wait", 0, POLL_MAX_WAIT_S, 0)
-    record = await owned_channel(request, channel_id, user_id)
+    point = await read_point(request, channel_id, user_id)
     events: list[Event] = []
-    if not finished_at_or_before(record, after):
-        events = await first_batch(request, record.id, after, wait_s)
+    if not finished_at_or_before(point, after):
+        events = await first_batch(request, channel_id, after, wait_s)
     last_event_id = events[-1].id if events else after
     if events:
         finished = events[-1].terminal
     else:
-        latest = await ctx.store.get_channel(record.id)
-        finished = latest is not None and finished_at_or_before(latest, after)
+        latest = await ctx.answers.read_point(user_id, channel_id)
+        finished = finished_at_or_before(latest, after)
     return polling.response(events, last_event_id, finished)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from channels.answers import Answers, UnknownAnswer, UnknownConversation, title_for
+from channels.answers import Answers, ReadPoint, UnknownAnswer, UnknownConversation, hash_token, title_for
 from channels.generation import Generations
 from channels.hub import Hub
 from channels.limits import LimitExceeded, Limits
@@ -154,3 +154,35 @@ async def test_ownership_cancel_and_delete_go_through_the_service(world: World) 
     assert await world.store.get_conversation(submitted.conversation_id) is None
     assert not world.generations.is_running(again.channel)
     hub.release(feed)
+
+
+async def test_a_reader_of_an_answer_running_here_is_placed_without_reading_the_store(
+        store: Store, hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World(store)
+    world.answers.hub = hub
+    made: list[tuple[str, str]] = []
+    world.answers.on_new_user = lambda user, token_hash: made.append((user, token_hash))
+    world.generations.provider = DemoProvider(50)
+    submitted = await world.answers.submit(None, "hello there", None, ADDRESS)
+    [(user_id, token_hash)] = made  # the new user's token is known without a read
+    assert submitted.token is not None and token_hash == hash_token(submitted.token)
+    reads: list[str] = []
+    for name in ("get_channel", "read_after"):
+        def counted(*args: Any, _name: str = name, _read: Any = getattr(store, name)) -> Any:
+            reads.append(_name)
+            return _read(*args)
+        monkeypatch.setattr(store, name, counted)
+    point = await world.answers.read_point(user_id, submitted.channel)
+    assert point.running and point.last_event_id >= 1
+    feed = hub.feed(submitted.channel)
+    assert feed is not None
+    tail = feed.since(0, 100)
+    assert tail is not None and tail[0].type == "meta"  # a first reader reads the tail, not the store
+    with pytest.raises(UnknownAnswer):
+        await world.answers.read_point("someone-else", submitted.channel)
+    assert reads == []
+    monkeypatch.undo()
+    await world.finished(submitted.channel)
+    await async_wait_until(lambda: hub.feed(submitted.channel) is None, 5, "the ended answer's feed to go")
+    stored = await world.store.read_after(submitted.channel, 0)
+    assert await world.answers.read_point(user_id, submitted.channel) == ReadPoint(False, stored[-1].id)

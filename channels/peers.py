@@ -1,0 +1,142 @@
+"""Peers: the other processes serving the same Redis, and which of them runs which answer.
+
+Each process holds a lease, a key that lives ``ttl_s`` unless renewed (every
+third of it). A running answer is claimed by the process generating it (the
+hash ``owners``: channel → process) and released when it ends. From that:
+
+- ``owned_elsewhere`` is what a sweeper must leave alone: the channels whose
+  owner's lease is alive. A channel running in the store and owned by no live
+  process (its process was killed, its host lost) is ended ``server_lost`` by
+  the sweep of any live process; the log's one-terminal rule makes concurrent
+  sweeps harmless.
+- ``cancel_elsewhere`` asks the live owner of an answer to cancel it (its
+  generation appends ``cancelled`` itself), over pub/sub: one channel per process.
+
+Without Redis (one process on SQLite) there are no peers: ``Generations`` runs
+without this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from channels.store import StoreUnavailable
+
+log = logging.getLogger("chime.peers")
+
+# Commands that take longer than this fail (StoreUnavailable) rather than hold a request.
+COMMAND_TIMEOUT_S = 3.0
+
+
+class RedisPeers:
+    """This process's lease, its claims, and cancels routed between processes."""
+
+    def __init__(self, url: str, on_cancel: Callable[[str], object], *, prefix: str = "chime",
+                 ttl_s: float = 5.0):
+        self.id = secrets.token_hex(8)
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.on_cancel = on_cancel
+        self._lease = f"{prefix}:peer:{self.id}"
+        self._lease_prefix = f"{prefix}:peer:"
+        self._owners = f"{prefix}:owners"
+        self._cancels = f"{prefix}:peer:{self.id}:cancel"
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=COMMAND_TIMEOUT_S,
+                                              socket_connect_timeout=COMMAND_TIMEOUT_S)
+        # A subscribed connection blocks on its read without end (redis-py #2807: no timeout).
+        self._listener = aioredis.Redis.from_url(url, socket_timeout=None,
+                                                 socket_connect_timeout=COMMAND_TIMEOUT_S)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def open(self) -> None:
+        await self._renew()
+        pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self._cancels)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._keep_lease(), name="chime-peer-lease"),
+                       loop.create_task(self._listen(pubsub), name="chime-peer-cancels")]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self._redis.delete(self._lease)
+        except RedisError:
+            log.warning("could not give up this process's lease; it runs out by itself", exc_info=True)
+        await self._redis.aclose()
+        await self._listener.aclose()
+
+    # ---- claims ---------------------------------------------------------------------
+
+    async def claim(self, channel: str) -> None:
+        """This process generates ``channel`` from now on."""
+        await self._call(self._redis.hset(self._owners, channel, self.id))
+
+    async def release(self, channel: str) -> None:
+        await self._call(self._redis.hdel(self._owners, channel))
+
+    async def owned_elsewhere(self) -> set[str]:
+        """The channels claimed by other processes whose lease is alive."""
+        owners: dict[bytes, bytes] = await self._call(self._redis.hgetall(self._owners))
+        peers = sorted({peer for peer in owners.values() if peer.decode() != self.id})
+        if not peers:
+            return set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for peer in peers:
+                pipe.exists(self._lease_prefix + peer.decode())
+            alive: dict[bytes, int] = dict(zip(peers, await self._call(pipe.execute()), strict=True))
+        return {channel.decode() for channel, peer in owners.items() if alive.get(peer)}
+
+    async def cancel_elsewhere(self, channel: str) -> bool:
+        """Ask the live process generating ``channel`` to cancel it; False when there is none."""
+        owner: bytes | None = await self._call(self._redis.hget(self._owners, channel))
+        if owner is None or owner.decode() == self.id:
+            return False
+        if not await self._call(self._redis.exists(self._lease_prefix + owner.decode())):
+            return False
+        heard = await self._call(self._redis.publish(f"{self._lease_prefix}{owner.decode()}:cancel", channel))
+        return bool(heard)
+
+    # ---- the lease and the cancels ----------------------------------------------------
+
+    async def _renew(self) -> None:
+        await self._call(self._redis.set(self._lease, b"1", px=self.ttl_ms))
+
+    async def _keep_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            try:
+                await self._renew()
+            except StoreUnavailable:
+                log.warning("could not renew this process's lease in Redis; its answers may be "
+                            "ended as lost by another process if this lasts", exc_info=True)
+
+    async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("the cancel subscription broke; subscribing again", exc_info=True)
+                await asyncio.sleep(0.5)
+                try:
+                    await pubsub.subscribe(self._cancels)
+                except Exception:
+                    continue
+                continue
+            if message is not None and message.get("type") == "message":
+                self.on_cancel(message["data"].decode())
+
+    async def _call(self, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis did not answer: {type(exc).__name__}") from exc

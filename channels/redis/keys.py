@@ -19,9 +19,10 @@ prefix share their data, another prefix shares nothing):
 ``chime:push:<endpoint>``           hash: user_id, endpoint, p256dh, auth, created_at
 ``chime:touched``                   counter: orders conversations touched in the same millisecond
 
-A channel's keys share the hash tag ``{<channel>}``, so its append script names
-keys of one slot but for ``chime:running``; the store runs on one Redis (a primary,
-with replicas or Sentinel), not on a Redis Cluster.
+A channel's keys share the hash tag ``{<channel>}``. One script appends to every
+channel of a round and the records' scripts span users, conversations and
+channels, so the store runs on one Redis (a primary, with replicas or Sentinel),
+not on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -52,10 +53,10 @@ class Keys:
     def wake(self, channel_id: str) -> str:
         return f"{self.prefix}:ch:{{{channel_id}}}:wake"
 
-    def appending(self, channel_id: str) -> list[str]:
-        """The keys of the append script, in its order."""
+    def appending(self, channel_id: str) -> tuple[str, str, str]:
+        """A channel's keys for the append script, in its order (after ``running``)."""
         channel = f"{self.prefix}:ch:{{{channel_id}}}"
-        return [channel, channel + ":log", channel + ":text", self.running]
+        return channel, channel + ":log", channel + ":text"
 
     # ---- records ---------------------------------------------------------
 

@@ -1,11 +1,11 @@
 """The ``EventLog`` seam in Redis: channels, the group commit of their events, reads of them.
 
 Appends go through one flusher task (group commit): it takes every event that
-arrived while the previous round ran and sends them in one pipelined round trip,
-one ``append`` script per channel (``channels.redis.scripts``), which stores the
-channel's batch as stream entries whose ids are the event ids, and publishes it
-for other processes. When the replies are in it tells ``on_commit`` of every
-stored batch, then resolves the waiting appends.
+arrived while the previous round ran and sends them in one round trip, one run
+of the ``append`` script (``channels.redis.scripts``) over every channel's batch.
+It stores each batch as stream entries whose ids are the event ids, and
+publishes it for other processes. When the reply is in, the flusher tells
+``on_commit`` of every stored batch, then resolves the waiting appends.
 
 Ids are taken here, when an event is queued, so ``append(..., wait=False)``
 returns with its id; the process knows the last id of each channel it appends to
@@ -301,10 +301,7 @@ class RedisLog(RedisDatabase):
         give_up_at: float | None = None
         backoff_s = RECOVERY_BACKOFF_S
         while groups:
-            try:
-                replies = await self._send(groups)
-            except CONNECTION_ERRORS as exc:  # unknown outcome: the scripts keep what they stored
-                replies = [exc] * len(groups)
+            replies = await self._send(groups)
             stored: list[list[_Pending]] = []
             again: dict[str, list[_Pending]] = {}
             failed: dict[str, BaseException] = {}
@@ -349,17 +346,25 @@ class RedisLog(RedisDatabase):
             pass
 
     async def _send(self, groups: dict[str, list[_Pending]]) -> list[Any]:
-        """Run the append script once per channel, all in one pipelined round trip; the replies
-        (an exception for a failed command), in the order of ``groups``."""
-        deadline, now, origin, keys = self.deadline_ms(), utc_now(), self.origin, self.keys
-        pipe = self._r.pipeline(transaction=False)
+        """Run the append script over every channel's batch, in one round trip; the reply for
+        each channel, in the order of ``groups``: ``(status, last id)`` or an exception."""
+        keys: list[str] = [self.keys.running]
+        args: list[Any] = [self.deadline_ms(), self.origin, utc_now()]
         for channel, group in groups.items():
-            args: list[Any] = [deadline, origin, now, channel, keys.wake(channel), group[0].event.id]
+            keys += self.keys.appending(channel)
+            args += (channel, self.keys.wake(channel), group[0].event.id, len(group))
             for pending in group:
-                args += (pending.event.type, pending.event.data_json)
-            pipe.evalsha(APPEND.sha, 4, *keys.appending(channel), *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+                event = pending.event
+                args += (event.type, event.data_json)
+        try:
+            reply = await self._run_packed((b"EVALSHA", APPEND.sha, len(keys), *keys, *args))
+        except CONNECTION_ERRORS as exc:  # unknown outcome: the script keeps what it stored
+            return [exc] * len(groups)
+        if isinstance(reply, BaseException):
+            return [reply] * len(groups)
+        if reply == [LATE]:
+            return [(LATE, 0)] * len(groups)
+        return list(zip(reply[::2], reply[1::2], strict=True))
 
     def _settle(self, channel: str, reply: Any) -> None:
         """Return when the channel's batch is stored; raise what became of it otherwise."""

@@ -70,6 +70,10 @@ def busy_reply(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.ResponseError) and str(exc).split(" ", 1)[0] in BUSY_REPLIES
 
 
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def unavailable(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"Redis is unavailable: {exc}")
 
@@ -129,18 +133,19 @@ class RedisDatabase:
 
     async def _warn_unless_persistent(self) -> None:
         try:
-            replies: list[dict[bytes, bytes]] = await self._read(
+            replies: list[dict[str | bytes, str | bytes]] = await self._read(
                 lambda r: asyncio.gather(r.config_get("appendonly"), r.config_get("save")))
-            config = {**replies[0], **replies[1]}
         except redis.exceptions.ResponseError:  # CONFIG renamed or refused (a managed Redis): its business
             return
-        appendonly, save = config.get(b"appendonly", b""), config.get(b"save", b"")
-        if appendonly != b"yes" and not save.strip():
+        # redis-py decodes CONFIG GET's reply itself (str), whatever the client's setting.
+        config = {_text(name): _text(value) for reply in replies for name, value in reply.items()}
+        appendonly, save = config.get("appendonly", ""), config.get("save", "")
+        if appendonly != "yes" and not save.strip():
             log.warning("Redis at %s keeps nothing on disk (appendonly no, save \"\"): a restart of Redis "
                         "loses every answer; see the README for the persistence settings", self.url)
-        elif appendonly != b"yes":
+        elif appendonly != "yes":
             log.warning("Redis at %s only takes snapshots (save %r, appendonly no): a restart of Redis loses "
-                        "what was written since the last one", self.url, save.decode())
+                        "what was written since the last one", self.url, save)
 
     # ---- deadlines -------------------------------------------------------
 

@@ -76,7 +76,8 @@ _TYPE_NAMES = {name.encode(): name for name in (META, "delta", "usage", *TERMINA
 @dataclass(slots=True)
 class _Pending:
     event: Event
-    future: asyncio.Future[None] | None
+    future: asyncio.Future[Event] | None  # resolved with the event as committed
+    revealed: bool  # its id is known outside (``wait=False`` returned it): it can never change
 
 
 class _ChannelLog:
@@ -91,6 +92,14 @@ class _ChannelLog:
 
 class _Retry(Exception):
     """One channel's batch was not run (its script not loaded, its deadline passed, Redis busy)."""
+
+
+class _Conflict(StoreUnavailable):
+    """The channel's stored ids do not continue where its batch starts: another process appended."""
+
+    def __init__(self, channel: str, last: int) -> None:
+        super().__init__(f"channel {channel} has {last} events stored, not the ids this process expected")
+        self.last = last
 
 
 # What a round sends again: a batch that was not run, or whose outcome is unknown.
@@ -230,14 +239,13 @@ class RedisLog(RedisDatabase):
         if type in TERMINAL_TYPES:
             log_.closed = True
         elif not wait and len(self._pending) < MAX_UNAWAITED_BACKLOG:
-            self._pending.append(_Pending(event, None))
+            self._pending.append(_Pending(event, None, True))
             self._wake.set()
             return event
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(event, future))
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(event, future, False))
         self._wake.set()
-        await future
-        return event
+        return await future
 
     async def _load_log(self, channel_id: str) -> _ChannelLog:
         state: list[bytes | None] = await self._read(lambda r: r.hmget(self.keys.channel(channel_id), "status",
@@ -260,7 +268,7 @@ class RedisLog(RedisDatabase):
         for pending in (*self._in_flight, *self._pending):
             if pending.event.channel in channels:
                 last[pending.event.channel] = pending
-        waits: list[asyncio.Future[None]] = []
+        waits: list[asyncio.Future[Event]] = []
         for pending in last.values():
             if pending.future is None:
                 pending.future = asyncio.get_running_loop().create_future()
@@ -312,6 +320,12 @@ class RedisLog(RedisDatabase):
                 except _SENT_AGAIN as exc:
                     again[channel] = group
                     failed[channel] = exc
+                except _Conflict as exc:
+                    if self._renumber(channel, group, exc.last):
+                        again[channel] = group
+                        failed[channel] = exc
+                    else:
+                        self._fail({channel: group}, exc)
                 except Exception as exc:
                     self._fail({channel: group}, exc)
             if stored:
@@ -386,7 +400,28 @@ class RedisLog(RedisDatabase):
         if status == CLOSED:
             raise ChannelClosed(channel)
         assert status == CONFLICT, reply
-        raise StoreUnavailable(f"channel {channel} has {last} events stored, not the ids this process expected")
+        raise _Conflict(channel, last)
+
+    def _renumber(self, channel: str, group: list[_Pending], last: int) -> bool:
+        """Give ``group`` (and the channel's events queued behind it) the ids after ``last``,
+        the stored last id, unless one of their ids is known already; whether it did.
+
+        Another process appended to the channel after this one read its last id: a sweeper
+        ending a channel whose owner it thinks lost races the owner's last events. The
+        sweeper's terminal event, awaited, takes the next free id.
+        """
+        behind = [p for p in self._pending if p.event.channel == channel]
+        if any(p.revealed for p in group) or any(p.revealed for p in behind):
+            return False
+        next_id = last + 1
+        for pending in (*group, *behind):
+            event = pending.event
+            pending.event = Event(channel, next_id, event.type, event.data_json)
+            next_id += 1
+        log_ = self._logs.get(channel)
+        if log_ is not None:
+            log_.next_id = next_id
+        return True
 
     def _committed(self, groups: list[list[_Pending]]) -> None:
         self.commits += 1
@@ -395,7 +430,7 @@ class RedisLog(RedisDatabase):
         for group in groups:
             for pending in group:
                 if pending.future is not None and not pending.future.done():
-                    pending.future.set_result(None)
+                    pending.future.set_result(pending.event)
             last = group[-1].event
             if last.terminal:
                 self._logs.pop(last.channel, None)

@@ -231,7 +231,7 @@ class Watches:
         try:
             watch.baseline = await self._store._read_last_id(watch.channel)
         except Exception as exc:
-            if not watch.ready.done():
+            if not watch.ready.done() and self._current(watch):  # its watchers hear it (and unwatch)
                 watch.ready.set_exception(exc)
             return
         watch.busy = False
@@ -338,12 +338,17 @@ class Subscriber:
                         await self._conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
                         self._resubscribe()
                     delay_s = RECONNECT_FIRST_S
-                self._handle(await self._conn.read_response(timeout=math.inf))
+                response = await self._conn.read_response(timeout=math.inf, push_request=True)
             except _RECONNECT as exc:
                 log.warning("the pub/sub connection to Redis failed: %s; reconnecting in %.2f s", exc, delay_s)
                 await self._conn.disconnect(nowait=True)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, RECONNECT_MAX_S)
+                continue
+            try:
+                self._handle(response)
+            except Exception:  # one bad message must not end every later one
+                log.exception("a pub/sub message from Redis could not be handled: %r", response)
 
     def _resubscribe(self) -> None:
         """A new connection: every wanted name is subscribed again, and nothing else queued counts."""

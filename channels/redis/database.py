@@ -207,10 +207,11 @@ class RedisDatabase:
 
     async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
-            return await self._r.evalsha(script.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:  # Redis restarted or its script cache was flushed
-            await self._r.script_load(script.source)
-            return await self._r.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                return await self._r.evalsha(script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:  # Redis restarted or its script cache was flushed
+                await self._r.script_load(script.source)
+                return await self._r.evalsha(script.sha, len(keys), *keys, *args)
         except redis.exceptions.ResponseError as exc:
             code, _, reason = str(exc).partition(" ")
             if code == REFUSED_ERROR:

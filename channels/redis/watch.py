@@ -98,7 +98,7 @@ class Watches:
 
     def __init__(self, store: WatchingStore) -> None:
         self._store = store
-        self._origin = store.origin.encode()
+        self._origin = store.origin.encode() + b"\n"
         self._watches: dict[str, _Watch] = {}
         self._by_name: dict[bytes, _Watch] = {}
         self._subscriber: Subscriber | None = None
@@ -186,9 +186,9 @@ class Watches:
         watch = self._by_name.get(name)
         if watch is None:
             return
-        parts = payload.split(b"\n")
-        if parts[0] == self._origin:
+        if payload.startswith(self._origin):  # this store's own commit: told already
             return
+        parts = payload.split(b"\n")
         first = int(parts[1])
         channel = watch.channel
         watch.held += [Event(channel, first + n, _TYPE_NAMES.get(parts[i]) or parts[i].decode(), parts[i + 1])
@@ -199,15 +199,22 @@ class Watches:
     # ---- telling ---------------------------------------------------------
 
     def _drain(self, watch: _Watch) -> None:
-        """Tell the held events that continue what was told; a gap starts a catch-up."""
-        floor = watch.floor
-        held = [event for event in watch.held if event.id > floor]
-        if not held:
-            watch.held = []
+        """Tell the held events that continue what was told; a gap (or this store's own events
+        perhaps still on their way) starts a catch-up instead."""
+        watch.held = [event for event in watch.held if event.id > watch.floor]
+        if not watch.held:
             return
-        if held[0].id != floor + 1 or self._store._owns(watch.channel):
-            watch.held = held
+        if watch.held[0].id != watch.floor + 1 or self._store._owns(watch.channel):
             self._start(self._catch_up(watch), watch)
+            return
+        self._tell_run(watch)
+        if watch.held:
+            self._start(self._catch_up(watch), watch)
+
+    def _tell_run(self, watch: _Watch) -> None:
+        """Tell the held events that continue what was told, up to the first gap."""
+        held = watch.held
+        if not held or held[0].id != watch.floor + 1:
             return
         end = 1
         while end < len(held) and held[end].id == held[end - 1].id + 1:
@@ -215,8 +222,6 @@ class Watches:
         watch.held = held[end:]
         watch.told = held[end - 1].id
         self._store.tell(held[:end])
-        if watch.held:
-            self._start(self._catch_up(watch), watch)
 
     def _start(self, work: Coroutine[Any, Any, None], watch: _Watch) -> None:
         watch.busy = True
@@ -241,7 +246,8 @@ class Watches:
             self._drain(watch)
 
     async def _catch_up(self, watch: _Watch) -> None:
-        """Tell what the stream holds after what was told (this store's own queued events first)."""
+        """Tell what the stream holds after what was told (this store's own queued events first),
+        then what arrived meanwhile; read again while a gap is left."""
         while self._current(watch):
             try:
                 if self._store._owns(watch.channel):
@@ -257,16 +263,15 @@ class Watches:
             if fresh:
                 watch.told = fresh[-1].id
                 self._store.tell(fresh)
-            watch.held = [event for event in watch.held if event.id > watch.floor]
             if len(events) == CATCH_UP_PAGE_EVENTS:
                 continue
+            watch.held = [event for event in watch.held if event.id > watch.floor]
             if not events and watch.held and watch.held[0].id != watch.floor + 1:
                 watch.held = []  # the stream has no such ids (the channel was deleted): nothing to tell
-            if not watch.held or watch.held[0].id == watch.floor + 1:
+            self._tell_run(watch)
+            if not watch.held:
                 break
         watch.busy = False
-        if self._current(watch) and watch.held:
-            self._drain(watch)
 
 
 class Subscriber:

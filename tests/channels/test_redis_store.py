@@ -396,6 +396,40 @@ async def test_a_write_given_up_on_never_lands_later(server: RedisServer) -> Non
         await store.close()
 
 
+async def test_events_queued_while_redis_is_gone_fail_and_the_channel_goes_on(server: RedisServer) -> None:
+    store = RedisStore(server.url, prefix="gone", timeout_s=1.0, recovery_s=0.5)
+    await store.open()
+    try:
+        channel = await new_channel(store)
+        await store.append(channel, DELTA, {"content": "kept"})
+        failed: list[set[str]] = []
+        store.on_failure = lambda channels: failed.append(set(channels))
+        server.stop()
+        queued = [await store.append(channel, DELTA, {"content": "lost"}, wait=False) for _ in range(3)]
+        assert [e.id for e in queued] == [3, 4, 5]
+        with pytest.raises(StoreUnavailable):
+            await store.append(channel, DELTA, {"content": "lost too"})
+        assert failed == [{channel}]
+        server.start()
+        assert (await store.append(channel, DELTA, {"content": "again"})).id == 3  # the ids stay gapless
+        assert stored_ids(store, channel) == [1, 2, 3]
+        assert await store.channel_content(channel) == "keptagain"
+    finally:
+        await store.close()
+
+
+async def test_a_lost_script_cache_and_a_wrong_clock_are_mended_on_the_way(store: RedisStore) -> None:
+    channel = await new_channel(store)
+    await store._r.script_flush()
+    store._clock_offset_ms -= 3_600_000  # every deadline an hour ago, as Redis sees it
+    assert (await store.append(channel, DELTA, {"content": "a"})).id == 2
+    store._clock_offset_ms -= 3_600_000
+    await store._r.script_flush()
+    user = await new_user(store)
+    assert await store.user_for_token_hash(f"hash-{user}") == user
+    assert stored_ids(store, channel) == [1, 2]
+
+
 @pytest.mark.parametrize("how", ["stop", "kill"])
 async def test_everything_survives_a_redis_restart_with_appendonly(server: RedisServer, how: str) -> None:
     store = RedisStore(server.url, prefix="durable")

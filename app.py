@@ -26,14 +26,18 @@ from sanic import Sanic
 import backup
 import errors
 from channels.answers import Answers
-from channels.generation import Completion, Generations
+from channels.generation import SWEEP_INTERVAL_S, Completion, Generations
 from channels.hub import Hub
 from channels.limits import Limits
+from channels.peers import RedisPeers
 from channels.presence import Presence
+from channels.redis import RedisStore
 from channels.sqlite import SQLiteStore
+from channels.store import Store
 from llm import make_provider
 from metrics import Metrics
 from notify import service as notify
+from notify.vapid import VapidKeys, new_private_key_pem
 from routes import api, origin
 from routes.auth import Users
 from routes.protocol import DeadlineProtocol
@@ -55,6 +59,10 @@ GC_OLDER_THRESHOLDS = (50, 100)  # young collections per middle one; middle ones
 # If stopping ever takes this much longer than its own bounds, the process ends anyway:
 # a stop must not hang, whatever a model endpoint or a client does meanwhile.
 STOP_WATCHDOG_SLACK_S = 15.0
+# With Redis: a process's lease lives this share of CHIME_LEASE_S, and the sweep runs every
+# SWEEP_SHARE of it, so a dead process's answers end within the lease (0.5 + 2 x 0.2).
+LEASE_TTL_SHARE = 0.5
+SWEEP_SHARE = 0.2
 
 
 def create_app(settings: Settings | None = None) -> ChimeApp:
@@ -98,17 +106,30 @@ async def start_services(app: ChimeApp) -> None:
     ctx.stopping = False  # an app that was stopped may be started again (test clients do)
     ctx.stop_runs = {}
     ctx.metrics = Metrics()
-    ctx.hub = Hub()
     ctx.presence = Presence()
-    ctx.store = SQLiteStore(settings.db_path)
+    peers: RedisPeers | None = None
+    if settings.redis_url is not None:
+        # Several processes, one service: the store is Redis, and a channel with readers here
+        # is watched for the commits of the process generating it.
+        store: Store = RedisStore(settings.redis_url)
+        ctx.hub = Hub(watcher=store)
+        peers = RedisPeers(settings.redis_url, lambda channel: ctx.generations.cancel(channel),
+                           ttl_s=settings.lease_s * LEASE_TTL_SHARE)
+    else:
+        store = SQLiteStore(settings.db_path)
+        ctx.hub = Hub()
+    ctx.store = store
     ctx.store.on_commit = ctx.hub.publish
     # After a batch that did not commit, readers catch up with what the store holds.
     ctx.hub.store = ctx.store
     ctx.store.on_failure = ctx.hub.resync
     await ctx.store.open()
+    if peers is not None:
+        await peers.open()
+        ctx.peers = peers
     ctx.users = Users(ctx.store)
     ctx.provider = make_provider(settings)
-    ctx.generations = Generations(ctx.store, ctx.provider, ctx.presence,
+    ctx.generations = Generations(ctx.store, ctx.provider, ctx.presence, peers=peers,
                                   max_answer_chars=settings.max_answer_chars, max_answer_s=settings.max_answer_s)
     ctx.limits = Limits(settings.max_running_per_user, settings.submissions_per_minute,
                         ctx.generations.running_for, max_running_total=settings.max_running,
@@ -117,14 +138,19 @@ async def start_services(app: ChimeApp) -> None:
     ctx.answers = Answers(ctx.store, ctx.generations, ctx.limits, settings, ctx.hub, on_new_user=ctx.users.remember)
     ctx.generations.completion_hooks.append(_count_completion(ctx.metrics))
     _register_gauges(ctx)
-    ctx.vapid, ctx.notifier = notify.create(settings, ctx.store, ctx.metrics)
+    # Every process signs pushes with the same key: with peers, the one kept in Redis.
+    vapid = VapidKeys.from_pem(await peers.agreed_value("vapid-private-key", new_private_key_pem)) if peers else None
+    ctx.vapid, ctx.notifier = notify.create(settings, ctx.store, ctx.metrics, vapid)
     ctx.generations.completion_hooks.append(ctx.notifier.on_completion)
     interrupted = await ctx.generations.interrupt_orphans()
     if interrupted:
         log.warning("ended %d answers left running by a previous process as interrupted", interrupted)
     # An answer whose generation is gone (a submission cut between its commit and its start,
     # a terminal append that never succeeded) still ends: the store is the truth.
-    ctx.sweeper = asyncio.get_running_loop().create_task(ctx.generations.sweep(), name="chime-sweeper")
+    # With peers, a dead process's answers end within CHIME_LEASE_S: its lease runs out, then
+    # two sweeps see them unowned.
+    sweep_s = settings.lease_s * SWEEP_SHARE if peers is not None else SWEEP_INTERVAL_S
+    ctx.sweeper = asyncio.get_running_loop().create_task(ctx.generations.sweep(sweep_s), name="chime-sweeper")
     log.info("Chime listening on http://%s:%d, model %r (%s), data in %s", settings.host, settings.port,
              settings.model_name, "offline demo" if settings.uses_demo_model else settings.openai_base_url
              or "OpenAI", settings.data_dir.resolve())
@@ -178,6 +204,8 @@ async def _close_services(app: ChimeApp) -> None:
         await ctx.notifier.stop(ctx.settings.shutdown_grace_s)
     if hasattr(ctx, "provider"):
         await ctx.provider.close()
+    if hasattr(ctx, "peers"):  # after the answers ended: their claims are released
+        await ctx.peers.close()
     if hasattr(ctx, "store"):
         await ctx.store.close()
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # imported for the annotations only: routes import this modul
     from channels.generation import Generations
     from channels.hub import Hub
     from channels.limits import Limits
+    from channels.peers import RedisPeers
     from channels.presence import Presence
     from channels.store import Store
     from llm.base import Provider
@@ -51,6 +52,7 @@ class Services:
     vapid: VapidKeys
     notifier: Notifier
     sweeper: asyncio.Task[None]
+    peers: RedisPeers  # only with CHIME_REDIS_URL
 
 
 ChimeApp = Sanic[Config, Services]

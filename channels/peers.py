@@ -104,6 +104,16 @@ class RedisPeers:
         heard = await self._call(self._redis.publish(f"{self._lease_prefix}{owner.decode()}:cancel", channel))
         return bool(heard)
 
+    async def agreed_value(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """The value every process uses for ``name``: the first one stored wins (``make`` gives
+        this process's candidate), kept in Redis like the rest of the service's data."""
+        key = f"{self._lease_prefix.removesuffix('peer:')}shared:{name}"
+        await self._call(self._redis.set(key, make(), nx=True))
+        value: bytes | None = await self._call(self._redis.get(key))
+        if value is None:
+            raise StoreUnavailable(f"Redis lost {key} as it was written")
+        return value
+
     # ---- the lease and the cancels ----------------------------------------------------
 
     async def _renew(self) -> None:

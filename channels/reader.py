@@ -12,16 +12,19 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 
 from channels.events import Event
-from channels.hub import DirectWrite, Hub, LogReader
+from channels.hub import DirectWrite, Feed, Hub, LogReader
 
 REPLAY_PAGE_EVENTS = 2_000
 
 
 async def replay_then_live(store: LogReader, hub: Hub, channel: str, after: int, keepalive_s: float | None,
-                           direct: DirectWrite | None = None) -> AsyncGenerator[list[Event], None]:
+                           direct: DirectWrite | None = None, feed: Feed | None = None
+                           ) -> AsyncGenerator[list[Event], None]:
     """See the module docstring. With ``direct``, live events once caught up are written
-    through it as they are committed and not yielded (see ``Feed.follow``)."""
-    feed = await hub.attach(channel)  # other processes' commits reach the feed before the store is read
+    through it as they are committed and not yielded (see ``Feed.follow``). ``feed``: the
+    channel's feed, already attached by the caller (``Hub.attach``); it is released here."""
+    if feed is None:
+        feed = await hub.attach(channel)  # other processes' commits reach it before the store is read
     try:
         while not hub.shutting_down:
             batch = feed.since(after, REPLAY_PAGE_EVENTS)

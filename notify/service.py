@@ -14,10 +14,12 @@ from settings import Settings
 log = logging.getLogger("chime.push")
 
 
-def create(settings: Settings, store: Store, metrics: Metrics) -> tuple[VapidKeys, Notifier]:
-    """Load (or make) the VAPID keys and build the notifier; its ``on_completion`` is the hook
-    to subscribe to answers' endings, and ``stop(grace_s)`` ends its pending pushes."""
-    vapid = VapidKeys.load_or_create(settings.data_dir)
+def create(settings: Settings, store: Store, metrics: Metrics,
+           vapid: VapidKeys | None = None) -> tuple[VapidKeys, Notifier]:
+    """Load (or make) the VAPID keys under the data directory unless given, and build the
+    notifier; its ``on_completion`` is the hook to subscribe to answers' endings, and
+    ``stop(grace_s)`` ends its pending pushes."""
+    vapid = vapid or VapidKeys.load_or_create(settings.data_dir)
     sender = WebPushSender(vapid, settings.vapid_subject, allow_private=settings.push_allow_private,
                            timeout_s=settings.push_timeout_s)
     retry = RetryPolicy(attempts=settings.push_retries + 1, base_s=settings.push_retry_base_s)

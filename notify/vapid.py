@@ -47,11 +47,21 @@ class VapidKeys:
             _create(path)
         return cls(_load(path), path)
 
+    @classmethod
+    def from_pem(cls, pem: bytes, source: str = "Redis") -> VapidKeys:
+        """The pair from a PEM kept elsewhere (with Redis: the one every process agreed on)."""
+        return cls(_parse(pem, source), Path(source))
+
+
+def new_private_key_pem() -> bytes:
+    """A new P-256 private key, PKCS#8 PEM."""
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
 
 def _create(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pem = new_private_key_pem()
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
     try:
@@ -73,11 +83,15 @@ def _load(path: Path) -> ec.EllipticCurvePrivateKey:
     if mode != KEY_FILE_MODE:
         log.warning("%s had mode %o; setting it to %o", path, mode, KEY_FILE_MODE)
         path.chmod(KEY_FILE_MODE)
+    return _parse(path.read_bytes(), str(path))
+
+
+def _parse(pem: bytes, source: str) -> ec.EllipticCurvePrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
-        raise VapidKeyError(f"{path} is not a readable private key ({exc}); restore it from a "
+        raise VapidKeyError(f"{source} is not a readable private key ({exc}); restore it from a "
                             "backup, or delete it to make a new one (browsers must subscribe again)") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise VapidKeyError(f"{path} must hold a P-256 (prime256v1) private key")
+        raise VapidKeyError(f"{source} must hold a P-256 (prime256v1) private key")
     return key

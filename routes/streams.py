@@ -23,7 +23,7 @@ from sanic.response import HTTPResponse, empty
 
 from channels.answers import ReadPoint
 from channels.events import Event
-from channels.hub import DirectWrite
+from channels.hub import DirectWrite, Feed
 from channels.presence import Reader
 from channels.reader import replay_then_live
 from channels.store import ChannelRecord
@@ -91,17 +91,19 @@ class Subscription:
 
 @asynccontextmanager
 async def subscribe(request: ChimeRequest, channel: str, after: int, transport: str, keepalive_s: float | None,
-                    direct: DirectWrite | None = None) -> AsyncIterator[Subscription]:
+                    direct: DirectWrite | None = None, feed: Feed | None = None) -> AsyncIterator[Subscription]:
     """Read ``channel`` after ``after`` (see ``replay_then_live``), attached for presence meanwhile.
 
     Every transport counts as an attached reader for as long as it reads: a
     stream until it ends, a poll while it holds the request (API.md, push).
+    ``feed``: the channel's feed when the caller attached it already (released here).
     """
     ctx = request.app.ctx
     reader = ctx.presence.attach(channel)
     ctx.metrics.inc("chime_stream_readers_total", help="Readers attached to channels.", transport=transport)
     try:
-        async with aclosing(replay_then_live(ctx.store, ctx.hub, channel, after, keepalive_s, direct)) as batches:
+        async with aclosing(replay_then_live(ctx.store, ctx.hub, channel, after, keepalive_s, direct,
+                                             feed)) as batches:
             yield Subscription(reader, batches)
     finally:
         ctx.presence.detach(reader)
@@ -112,16 +114,24 @@ async def stream_http(request: ChimeRequest, channel: str, after: int, encoder: 
                       token: str | None = None) -> None:
     """``encoder``'s stream of the channel as a streamed HTTP response, ended after the terminal event."""
     ctx = request.app.ctx
-    response = await request.respond(content_type=content_type, headers=dict(headers))
-    if token is not None:
-        set_cookie(response, token, secure=request.scheme == "https")
-    # The headers go now, with ``first`` if any: only once they are out is the response
-    # chunked, and only then can live events be written straight to it.
-    await response.send(first)
+    # Attached before the response starts: a store that cannot watch the channel for other
+    # processes' commits is a clean 503, not a stream cut after its headers.
+    feed = await ctx.hub.attach(channel)
+    try:
+        response = await request.respond(content_type=content_type, headers=dict(headers))
+        if token is not None:
+            set_cookie(response, token, secure=request.scheme == "https")
+        # The headers go now, with ``first`` if any: only once they are out is the response
+        # chunked, and only then can live events be written straight to it.
+        await response.send(first)
+    except BaseException:
+        ctx.hub.release(feed)
+        raise
     keepalive = encoder.keepalive
     direct = sanic_internals.direct_chunks(response, encoder.encode)
     async with subscribe(request, channel, after, encoder.transport,
-                         ctx.settings.keepalive_s if keepalive is not None else None, direct) as subscription:
+                         ctx.settings.keepalive_s if keepalive is not None else None, direct,
+                         feed) as subscription:
         async for batch in subscription.batches:
             if batch:
                 await response.send(encoder.encode(batch))

@@ -167,11 +167,17 @@ async def test_a_reader_of_an_answer_running_here_is_placed_without_reading_the_
     [(user_id, token_hash)] = made  # the new user's token is known without a read
     assert submitted.token is not None and token_hash == hash_token(submitted.token)
     reads: list[str] = []
+
+    def counting(name: str) -> Any:
+        read = getattr(store, name)
+
+        def counted(*args: Any) -> Any:
+            reads.append(name)
+            return read(*args)
+        return counted
+
     for name in ("get_channel", "read_after"):
-        def counted(*args: Any, _name: str = name, _read: Any = getattr(store, name)) -> Any:
-            reads.append(_name)
-            return _read(*args)
-        monkeypatch.setattr(store, name, counted)
+        monkeypatch.setattr(store, name, counting(name))
     point = await world.answers.read_point(user_id, submitted.channel)
     assert point.running and point.last_event_id >= 1
     feed = hub.feed(submitted.channel)

@@ -122,9 +122,11 @@ class RedisDatabase:
 
     def connect(self, socket_timeout: float | None) -> redis.asyncio.Redis:
         """A client of this store's Redis; ``socket_timeout=None`` for one that blocks (pub/sub)."""
+        # TCP keepalive finds a connection whose peer vanished (a lost host) that nothing is sent on.
+        tcp: dict[str, Any] = {} if self.url.startswith("unix:") else {"socket_keepalive": True}
         return redis.asyncio.Redis.from_url(
             self.url, socket_timeout=socket_timeout, socket_connect_timeout=self.timeout_s,
-            socket_keepalive=True, retry=Retry(NoBackoff(), 0), decode_responses=False)
+            retry=Retry(NoBackoff(), 0), decode_responses=False, **tcp)
 
     @property
     def _r(self) -> redis.asyncio.Redis:

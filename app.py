@@ -30,7 +30,7 @@ from channels.generation import SWEEP_INTERVAL_S, Completion, Generations
 from channels.hub import Hub
 from channels.limits import Limits
 from channels.peers import RedisPeers
-from channels.presence import Presence
+from channels.presence import Presence, SharedPresence
 from channels.redis import RedisStore
 from channels.sqlite import SQLiteStore
 from channels.store import Store
@@ -106,18 +106,21 @@ async def start_services(app: ChimeApp) -> None:
     ctx.stopping = False  # an app that was stopped may be started again (test clients do)
     ctx.stop_runs = {}
     ctx.metrics = Metrics()
-    ctx.presence = Presence()
     peers: RedisPeers | None = None
     if settings.redis_url is not None:
-        # Several processes, one service: the store is Redis, and a channel with readers here
-        # is watched for the commits of the process generating it.
+        # Several processes, one service: the store is Redis, a channel with readers here is
+        # watched for the commits of the process generating it, and readers count everywhere.
         store: Store = RedisStore(settings.redis_url)
         ctx.hub = Hub(watcher=store)
         peers = RedisPeers(settings.redis_url, lambda channel: ctx.generations.cancel(channel),
                            ttl_s=settings.lease_s * LEASE_TTL_SHARE)
+        presence = SharedPresence(peers)
+        peers.on_report = presence.apply_report
+        ctx.presence = presence
     else:
         store = SQLiteStore(settings.db_path)
         ctx.hub = Hub()
+        ctx.presence = Presence()
     ctx.store = store
     ctx.store.on_commit = ctx.hub.publish
     # After a batch that did not commit, readers catch up with what the store holds.

@@ -306,7 +306,7 @@ class Generations:
         """
         if self._tasks.get(channel) is asyncio.current_task():
             self._finishing.add(channel)
-        watched = self.presence.watched(channel)  # decided before any reader is sent the event
+        watched = await self.presence.watched_anywhere(channel)  # decided before any reader is sent the event
         if not await self._append_terminal(channel, status, data):
             return False
         self.presence.forget(channel)

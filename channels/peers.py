@@ -11,6 +11,10 @@ hash ``owners``: channel → process) and released when it ends. From that:
   sweeps harmless.
 - ``cancel_elsewhere`` asks the live owner of an answer to cancel it (its
   generation appends ``cancelled`` itself), over pub/sub: one channel per process.
+- presence (``channels.presence.Board``): each process posts how many readers of
+  a channel it has and how many are in view (a hash per channel, a field per
+  process); the push decision counts those of live processes; a report for a
+  whole channel is passed to every process over pub/sub.
 
 Without Redis (one process on SQLite) there are no peers: ``Generations`` runs
 without this.
@@ -33,6 +37,8 @@ log = logging.getLogger("chime.peers")
 
 # Commands that take longer than this fail (StoreUnavailable) rather than hold a request.
 COMMAND_TIMEOUT_S = 3.0
+# A channel's posted presence goes this long after its last change (answers end well before).
+PRESENCE_TTL_S = 24 * 3600
 
 
 class RedisPeers:
@@ -43,10 +49,14 @@ class RedisPeers:
         self.id = secrets.token_hex(8)
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.on_cancel = on_cancel
+        # Told of whole-channel presence reports made through other processes.
+        self.on_report: Callable[[str, bool], object] | None = None
+        self._prefix = prefix
         self._lease = f"{prefix}:peer:{self.id}"
         self._lease_prefix = f"{prefix}:peer:"
         self._owners = f"{prefix}:owners"
         self._cancels = f"{prefix}:peer:{self.id}:cancel"
+        self._reports = f"{prefix}:presence-reports"
         self._redis = aioredis.Redis.from_url(url, socket_timeout=COMMAND_TIMEOUT_S,
                                               socket_connect_timeout=COMMAND_TIMEOUT_S)
         # A subscribed connection blocks on its read without end (redis-py #2807: no timeout).
@@ -57,7 +67,7 @@ class RedisPeers:
     async def open(self) -> None:
         await self._renew()
         pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self._cancels)
+        await pubsub.subscribe(self._cancels, self._reports)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._keep_lease(), name="chime-peer-lease"),
                        loop.create_task(self._listen(pubsub), name="chime-peer-cancels")]
@@ -114,6 +124,37 @@ class RedisPeers:
             raise StoreUnavailable(f"Redis lost {key} as it was written")
         return value
 
+    # ---- presence (``channels.presence.Board``) ------------------------------------------
+
+    def _presence(self, channel: str) -> str:
+        return f"{self._prefix}:ch:{{{channel}}}:presence"
+
+    async def post_presence(self, counts: dict[str, tuple[int, int]]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for channel, (attached, visible) in counts.items():
+                key = self._presence(channel)
+                if attached:
+                    pipe.hset(key, self.id, f"{attached} {visible}")
+                    pipe.expire(key, PRESENCE_TTL_S)
+                else:
+                    pipe.hdel(key, self.id)
+            await self._call(pipe.execute())
+
+    async def visible_elsewhere(self, channel: str) -> bool:
+        posted: dict[bytes, bytes] = await self._call(self._redis.hgetall(self._presence(channel)))
+        showing = [peer.decode() for peer, value in posted.items()
+                   if peer.decode() != self.id and int(value.split()[1]) > 0]
+        if not showing:
+            return False
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for peer in showing:
+                pipe.exists(self._lease_prefix + peer)
+            alive: list[int] = await self._call(pipe.execute())
+        return any(alive)  # a dead process's readers went with it
+
+    async def post_report(self, channel: str, visible: bool) -> None:
+        await self._call(self._redis.publish(self._reports, f"{self.id} {int(visible)} {channel}"))
+
     # ---- the lease and the cancels ----------------------------------------------------
 
     async def _renew(self) -> None:
@@ -138,12 +179,24 @@ class RedisPeers:
                 log.warning("the cancel subscription broke; subscribing again", exc_info=True)
                 await asyncio.sleep(0.5)
                 try:
-                    await pubsub.subscribe(self._cancels)
+                    await pubsub.subscribe(self._cancels, self._reports)
                 except Exception:
                     continue
                 continue
-            if message is not None and message.get("type") == "message":
-                self.on_cancel(message["data"].decode())
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                self._heard(message["channel"].decode(), message["data"].decode())
+            except Exception:
+                log.exception("a message between processes could not be handled")
+
+    def _heard(self, subject: str, body: str) -> None:
+        if subject == self._cancels:
+            self.on_cancel(body)
+            return
+        origin, visible, channel = body.split(" ", 2)
+        if origin != self.id and self.on_report is not None:
+            self.on_report(channel, visible == "1")
 
     async def _call(self, call: Awaitable[Any]) -> Any:
         try:

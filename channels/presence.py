@@ -8,6 +8,12 @@ itself, ``POST .../presence`` reports for every reader of the channel.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Protocol
+
+log = logging.getLogger("chime.presence")
+
 
 class Reader:
     __slots__ = ("channel", "visible")
@@ -53,3 +59,98 @@ class Presence:
     def forget(self, channel: str) -> None:
         """The channel ended: its remembered report is of no more use."""
         self._reported.pop(channel, None)
+
+    async def watched_anywhere(self, channel: str) -> bool:
+        """``watched``, counting the readers of every process that serves the same store."""
+        return self.watched(channel)
+
+    def visible(self, channel: str) -> int:
+        return sum(1 for reader in self._readers.get(channel, ()) if reader.visible)
+
+
+class Board(Protocol):
+    """Where the processes of one service share their presence (``channels.peers`` in Redis)."""
+
+    async def post_presence(self, counts: dict[str, tuple[int, int]]) -> None:
+        """This process's ``(attached, visible)`` readers of each channel given ((0, 0): none)."""
+        ...
+    async def visible_elsewhere(self, channel: str) -> bool:
+        """Whether a reader of the channel on another live process has its page in view."""
+        ...
+    async def post_report(self, channel: str, visible: bool) -> None:
+        """A report for the whole channel, for the readers of every other process."""
+        ...
+
+
+class SharedPresence(Presence):
+    """Presence across processes: each posts its readers' counts to the board, and a report
+    for a whole channel reaches the readers of every process (``apply_report``).
+
+    Posting is not awaited by readers: changes are gathered and posted in one write
+    while the previous one is under way, so a thousand attaching readers cost a few writes.
+    """
+
+    def __init__(self, board: Board) -> None:
+        super().__init__()
+        self.board = board
+        self._dirty: set[str] = set()
+        self._posting: asyncio.Task[None] | None = None
+
+    def attach(self, channel: str) -> Reader:
+        reader = super().attach(channel)
+        self._changed(channel)
+        return reader
+
+    def detach(self, reader: Reader) -> None:
+        super().detach(reader)
+        self._changed(reader.channel)
+
+    def report(self, channel: str, visible: bool, reader: Reader | None = None) -> None:
+        super().report(channel, visible, reader)
+        self._changed(channel)
+        if reader is None:
+            asyncio.get_running_loop().create_task(self._post_report(channel, visible))
+
+    def apply_report(self, channel: str, visible: bool) -> None:
+        """A whole-channel report made through another process."""
+        super().report(channel, visible)
+        self._changed(channel)
+
+    async def watched_anywhere(self, channel: str) -> bool:
+        if self.watched(channel):
+            return True
+        try:
+            return await self.board.visible_elsewhere(channel)
+        except Exception:
+            log.warning("could not read other processes' readers of %s; counting this one's", channel,
+                        exc_info=True)
+            return False
+
+    async def flushed(self) -> None:
+        """Wait until every change so far is posted (tests, and stopping)."""
+        while self._posting is not None:
+            await asyncio.shield(self._posting)
+
+    def _changed(self, channel: str) -> None:
+        self._dirty.add(channel)
+        if self._posting is None:
+            self._posting = asyncio.get_running_loop().create_task(self._post(), name="chime-presence-post")
+
+    async def _post(self) -> None:
+        try:
+            while self._dirty:
+                dirty, self._dirty = self._dirty, set()
+                counts = {channel: (self.attached(channel), self.visible(channel)) for channel in dirty}
+                try:
+                    await self.board.post_presence(counts)
+                except Exception:
+                    log.warning("could not post this process's readers; other processes may push to "
+                                "users who are reading here", exc_info=True)
+        finally:
+            self._posting = None
+
+    async def _post_report(self, channel: str, visible: bool) -> None:
+        try:
+            await self.board.post_report(channel, visible)
+        except Exception:
+            log.warning("could not pass a presence report for %s to the other processes", channel, exc_info=True)

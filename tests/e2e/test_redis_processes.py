@@ -8,6 +8,7 @@ within CHIME_LEASE_S; a Redis restart with AOF on loses nothing a client saw.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -17,6 +18,8 @@ import httpx
 import pytest
 
 from tests.e2e.channel_clients import Reader, content_of
+from tests.e2e.test_push import PUSH_ENV, User, sse_events, wait_metric, ws_until_terminal
+from tests.support.push_service import PushService
 from tests.support.redis_server import RedisServer
 from tests.support.server import ServerProcess
 from tests.support.waiting import wait_until
@@ -189,3 +192,36 @@ def _healthy(http: httpx.Client) -> bool:
         return http.get("/healthz").status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_the_push_decision_counts_readers_on_every_process(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis").start()
+    servers = start_processes(tmp_path, redis, 3, **{**PUSH_ENV, "CHIME_DEMO_DELAY_MS": "30"})
+    a, b, c = (User(server) for server in servers)
+    b.http.headers["Authorization"] = c.http.headers["Authorization"] = a.http.headers["Authorization"]
+    b.token = c.token = a.token
+    try:
+        with PushService() as push_service:
+            subscription = a.subscribe(push_service)
+            # Generated on A, read in view on B: nobody is pushed.
+            channel = a.ask("watched from another process")
+            frames = ws_until_terminal(b, channel, lambda ws: ws.send(json.dumps({"type": "presence",
+                                                                                  "visible": True})))
+            assert frames[-1]["event"] == "done"
+            wait_metric(servers[0], "chime_push_skipped_total", 1, reason="watched")
+            assert push_service.attempts == []
+            # Read on B, reported hidden through C: the push goes.
+            channel = a.ask("hidden through a third process")
+            with b.http.stream("GET", f"/api/channels/{channel}/events") as response:
+                events = sse_events(response)
+                assert next(events)[0] == "meta"
+                assert c.http.post(f"/api/channels/{channel}/presence", json={"visible": False}).status_code == 204
+                assert [kind for kind, _ in events][-1] == "done"
+            wait_until(lambda: push_service.deliveries_for(subscription), 20, "the push")
+            assert push_service.deliveries_for(subscription)[0].payload["channel"] == channel
+    finally:
+        for user in (a, b, c):
+            user.close()
+        for server in servers:
+            server.__exit__()
+        redis.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -32,12 +32,17 @@ def cpu_split_s(pid: int, tree: bool = False) -> tuple[float, float]:
     return user / CLOCK_TICKS_PER_S, system / CLOCK_TICKS_PER_S
 
 
+def started_ticks(pid: int) -> int:
+    """When the process started (field 22, clock ticks since boot): with the pid, names one process; 0 if gone."""
+    return int(_stat(pid)[19])
+
+
 def _stat(pid: int) -> list[bytes]:
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             return stat.read().rsplit(b")", 1)[1].split()
     except FileNotFoundError:  # a child that exited between listing and reading
-        return [b"0"] * 20
+        return [b"0"] * 22
 
 
 def children(pid: int) -> list[int]:
@@ -99,4 +104,36 @@ class CpuMeter:
         user, system = self.read()
         self.system_s = system - self.started[1]
         self.used_s = user - self.started[0] + self.system_s
+        return self.used_s
+
+
+def tree_pids(pid: int) -> list[int]:
+    """The process and every live descendant (with ``CHIME_WORKERS``: the main process and its workers)."""
+    found = [pid]
+    for child in children(pid):
+        found += tree_pids(child)
+    return found
+
+
+@dataclass
+class TreeMeter:
+    """CPU seconds of each process of a tree between ``start`` and ``stop``, by pid.
+
+    A process born in between counts from zero; one that exited in between is left
+    out (its CPU is still in ``CpuMeter(pid, tree=True)``, through its parent).
+    """
+
+    pid: int
+    started: dict[int, float] = field(default_factory=dict)
+    used_s: dict[int, float] = field(default_factory=dict)
+
+    def read(self) -> dict[int, float]:
+        return {each: cpu_s(each) for each in tree_pids(self.pid)}
+
+    def start(self) -> TreeMeter:
+        self.started = self.read()
+        return self
+
+    def stop(self) -> dict[int, float]:
+        self.used_s = {each: used - self.started.get(each, 0.0) for each, used in self.read().items()}
         return self.used_s

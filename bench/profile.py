@@ -21,7 +21,8 @@ SAMPLES_PER_S = 250
 
 
 @contextmanager
-def profiled(pid: int | None, name: str, enabled: bool) -> Iterator[None]:
+def profiled(pid: int | None, name: str, enabled: bool, subprocesses: bool = False) -> Iterator[None]:
+    """py-spy on ``pid`` while the block runs; with ``subprocesses``, on its child processes too (workers)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not enabled or pid is None or not Path(spy).exists():
         yield
@@ -29,7 +30,8 @@ def profiled(pid: int | None, name: str, enabled: bool) -> Iterator[None]:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"profile-{name}.txt"
     process = subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate",
-                                str(SAMPLES_PER_S), "--nonblocking", "--output", str(path)],
+                                str(SAMPLES_PER_S), "--nonblocking", "--output", str(path),
+                                *(["--subprocesses"] if subprocesses else [])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield

@@ -1,4 +1,9 @@
-"""The results: one row per (scenario, transport), printed as a table and saved as JSON."""
+"""The results: one row per (scenario, transport, store), printed as a table and saved as JSON.
+
+CPU% columns are of one core (100 = one core busy for the whole row): ``srv CPU%`` the
+server's whole process tree, ``busiest%`` its busiest process (the event loop, or the
+busiest worker), ``redis CPU%`` the Redis of the row.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +33,14 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("server_us_per_token", "srv µs/tok", "{:.1f}"),
     ("loop_us_per_token", "loop µs/tok", "{:.1f}"),
     ("server_system_pct", "srv sys%", "{:.0f}"),
+    ("server_cpu_pct", "srv CPU%", "{:.0f}"),
+    ("server_busiest_cpu_pct", "busiest%", "{:.0f}"),
     ("server_peak_rss_mb", "srv peak MB", "{:.1f}"),
     ("kb_per_connection", "KB/conn", "{:.1f}"),
     ("upstream_us_per_token", "up µs/tok", "{:.1f}"),
+    ("redis_us_per_token", "redis µs/tok", "{:.1f}"),
+    ("redis_cpu_pct", "redis CPU%", "{:.0f}"),
+    ("redis_peak_rss_mb", "redis MB", "{:.1f}"),
     ("loadgen_us_per_token", "gen µs/tok", "{:.1f}"),
     ("loadgen_cpu_pct", "gen CPU%", "{:.0f}"),
     ("wall_s", "wall s", "{:.1f}"),

@@ -3,18 +3,31 @@
 Each scenario yields rows (dicts, see ``bench.report``). A row through the
 server gets a fresh server process, so its peak RSS is its own; the ``direct``
 row reads the upstream with the same clients and no server: the floor.
+
+The stream rows (``Streams``) run once per ``Store`` of the bench: SQLite in one
+process (the default, and the only store of the other scenarios), or Redis with
+1, 2, 4... processes. A Redis row gets a fresh ``redis-server`` of its own
+(``appendonly yes``, ``appendfsync everysec``: what ``deploy/`` runs), stopped
+and deleted after the row, and a server on it with ``CHIME_WORKERS`` worker
+processes on one port: the kernel hands each connection to a worker, and any
+worker serves any reader. The server's CPU is its whole process tree (the main
+process and every worker); Redis's CPU is a column of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +46,9 @@ from bench.clients import (
     open_reader,
     post_request,
 )
-from bench.procstat import CpuMeter, memory_kb
+from bench.procstat import CpuMeter, TreeMeter, memory_kb, started_ticks, tree_pids
 from bench.profile import profiled
+from tests.support.redis_server import RedisServer
 from tests.support.server import ROOT, ServerProcess
 from tests.support.waiting import wait_until
 
@@ -44,6 +58,7 @@ IDLE_CHANNELS = 100           # idle readers are spread over this many running c
 STREAM_TIMEOUT_S = 120.0      # a stream that has not ended by then is a failure, not a hang
 REPLAY_EVENTS = 10_000
 REPLAY_REPEATS = 20
+WORKERS_START_TIMEOUT_S = 60.0  # N fresh interpreters import everything before the first answer
 
 SERVER_ENV = {
     "CHIME_LOG_LEVEL": "WARNING",
@@ -59,6 +74,44 @@ SERVER_ENV = {
 }
 
 
+@dataclass(frozen=True)
+class Store:
+    """Where a row's server keeps its data: SQLite in one process, or Redis with ``processes`` workers."""
+
+    kind: str = "sqlite"  # "sqlite" or "redis"
+    processes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("sqlite", "redis"):
+            raise ValueError(f"no store {self.kind!r}: sqlite or redis")
+        if self.processes < 1 or (self.kind == "sqlite" and self.processes != 1):
+            raise ValueError(f"{self.kind} cannot run {self.processes} processes (SQLite: one; Redis: 1 or more)")
+
+    @property
+    def label(self) -> str:
+        return "sqlite" if self.kind == "sqlite" else f"redis×{self.processes}"
+
+
+SQLITE = Store()
+
+
+@dataclass
+class Deployment:
+    """One row's server, and its own Redis when the store is Redis."""
+
+    server: ServerProcess
+    store: Store = SQLITE
+    redis: RedisServer | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.server.process.pid  # type: ignore[union-attr]
+
+    @property
+    def redis_pid(self) -> int | None:
+        return self.redis.process.pid if self.redis is not None and self.redis.process is not None else None
+
+
 @dataclass
 class Bench:
     """What every scenario shares: the upstream, where to keep data, what to run."""
@@ -69,19 +122,53 @@ class Bench:
     transports: tuple[str, ...] = ("sse", "ws")
     profile: bool = False
     http_client: str = "lean"  # the model's HTTP client: "lean" (the product's) or "aiohttp" (see bench.serve)
+    stores: tuple[Store, ...] = (SQLITE,)  # the stream rows run once per store, in this order
     servers_started: int = 0
+    redis_started: int = 0
 
-    def server(self, env: dict[str, str], data_dir: Path | None = None) -> ServerProcess:
+    def server(self, env: dict[str, str], data_dir: Path | None = None,
+               timeout_s: float = 20.0) -> ServerProcess:
         self.servers_started += 1
         data_dir = data_dir or self.work_dir / f"server-{self.servers_started}"
         if self.http_client == "lean":
-            return ServerProcess(data_dir, {**SERVER_ENV, **env}).start()
-        return SwitchedServer(data_dir, {**SERVER_ENV, "CHIME_BENCH_HTTP_CLIENT": self.http_client, **env}).start()
+            return ServerProcess(data_dir, {**SERVER_ENV, **env}).start(timeout_s)
+        return SwitchedServer(data_dir, {**SERVER_ENV, "CHIME_BENCH_HTTP_CLIENT": self.http_client, **env}
+                              ).start(timeout_s)
 
-    def model_server(self, env: dict[str, str] | None = None) -> ServerProcess:
+    def model_server(self, env: dict[str, str] | None = None, timeout_s: float = 20.0) -> ServerProcess:
         return self.server({"OPENAI_BASE_URL": f"http://127.0.0.1:{self.upstream_port}/v1",
                             "OPENAI_API_KEY": "bench", "CHIME_MODEL": "bench", "CHIME_MODEL_RETRIES": "0",
-                            **(env or {})})
+                            **(env or {})}, timeout_s=timeout_s)
+
+    def labelled(self, scenario: str, store: Store) -> str:
+        """The row's name: the scenario's alone for the default store, else with the store (``paced-1000 redis×2``)."""
+        return scenario if self.stores == (SQLITE,) else f"{scenario} {store.label}"
+
+    @contextmanager
+    def deployed(self, store: Store) -> Iterator[Deployment]:
+        """A model server on ``store`` for one row; with Redis, a fresh ``redis-server`` of its own."""
+        if store.kind == "sqlite":
+            server = self.model_server()
+            try:
+                yield Deployment(server)
+            finally:
+                stop(server)
+            return
+        if self.http_client != "lean" and store.processes > 1:
+            raise ValueError("the aiohttp switch reaches one process only: run redis with 1 process")
+        self.redis_started += 1
+        directory = self.work_dir / f"redis-{self.redis_started}"
+        redis = RedisServer(directory, appendonly=True, appendfsync="everysec").start()
+        try:
+            server = self.model_server({"CHIME_REDIS_URL": redis.url, "CHIME_WORKERS": str(store.processes)},
+                                       timeout_s=WORKERS_START_TIMEOUT_S)
+            try:
+                yield Deployment(server, store, redis)
+            finally:
+                stop(server)
+        finally:
+            redis.stop()
+            shutil.rmtree(directory, ignore_errors=True)  # its append-only file: up to tens of MB a row
 
 
 class SwitchedServer(ServerProcess):
@@ -97,29 +184,48 @@ class SwitchedServer(ServerProcess):
 
 
 def stop(server: ServerProcess) -> None:
+    """SIGTERM to the server (with workers: the main process, which stops them), and no process of it left."""
+    workers = [(pid, started_ticks(pid)) for pid in tree_pids(server.process.pid)[1:]] if server.process else []
     try:
         server.stop(timeout_s=30)
     except AssertionError:
         pass  # killed after the timeout; the figures are already taken
+    for pid, started in workers:  # one its main process did not take down (a backstop: each ends with it)
+        if started_ticks(pid) == started:  # still that process, not a new one given its pid
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 # ---- measuring a row ------------------------------------------------------------
 
 class Window:
-    """CPU of the server, the upstream and this load generator over one row, plus wall time."""
+    """CPU of the server, the upstream, Redis and this load generator over one row, plus wall time.
 
-    def __init__(self, server_pid: int | None, upstream_pid: int | None):
-        # The server is its process tree (the event loop and the database writer); "loop" is the first.
+    The server is its process tree: the event loop and the database writer (SQLite), or
+    the main process and its ``processes`` workers (``CHIME_WORKERS``). "loop" is the
+    first process alone, which is the event loop only when one process serves.
+    """
+
+    def __init__(self, server_pid: int | None, upstream_pid: int | None, redis_pid: int | None = None,
+                 processes: int = 1):
         self.meters = {"server": CpuMeter(server_pid, tree=True) if server_pid else None,
-                       "loop": CpuMeter(server_pid) if server_pid else None,
+                       "loop": CpuMeter(server_pid) if server_pid and processes == 1 else None,
                        "upstream": CpuMeter(upstream_pid) if upstream_pid else None,
+                       "redis": CpuMeter(redis_pid, tree=True) if redis_pid else None,  # with an AOF rewrite's fork
                        "loadgen": CpuMeter(None)}
+        self.server_processes = TreeMeter(server_pid) if server_pid else None
+        self.redis_pid = redis_pid
+        self.processes = processes
         self.wall_s = 0.0
 
     def __enter__(self) -> Window:
         for meter in self.meters.values():
             if meter is not None:
                 meter.start()
+        if self.server_processes is not None:
+            self.server_processes.start()
         self._started = time.monotonic()
         return self
 
@@ -128,6 +234,8 @@ class Window:
         for meter in self.meters.values():
             if meter is not None:
                 meter.stop()
+        if self.server_processes is not None:
+            self.server_processes.stop()
 
     def used_s(self, name: str) -> float:
         """CPU seconds of a meter the row must have (the server's: every row runs one)."""
@@ -138,6 +246,16 @@ class Window:
     def per_token_us(self, name: str, tokens: int) -> float | None:
         meter = self.meters[name]
         return None if meter is None or not tokens else meter.used_s / tokens * 1e6
+
+    def cpu_pct(self, name: str) -> float | None:
+        meter = self.meters[name]
+        return None if meter is None or not self.wall_s else 100 * meter.used_s / self.wall_s
+
+    def process_pcts(self) -> list[float]:
+        """Each server process's CPU over the row as % of one core, busiest first."""
+        if self.server_processes is None or not self.wall_s:
+            return []
+        return sorted((100 * used / self.wall_s for used in self.server_processes.used_s.values()), reverse=True)
 
 
 def _system_share(meter: CpuMeter | None) -> float | None:
@@ -155,11 +273,13 @@ def latency_figures(totals: Totals) -> dict[str, float | None]:
 
 
 def row(scenario: str, transport: str, streams: int, totals: Totals, window: Window,
-        server: ServerProcess | None, tokens_span_s: float | None = None) -> dict[str, Any]:
+        server: ServerProcess | None, tokens_span_s: float | None = None, store: Store = SQLITE) -> dict[str, Any]:
     delivered = totals.delivered
     span_s = tokens_span_s or window.wall_s
     loadgen_s = window.used_s("loadgen")
     peak = memory_kb(server.process.pid, tree=True)["VmHWM"] / 1024 if server and server.process else None
+    redis_peak = memory_kb(window.redis_pid, tree=True)["VmHWM"] / 1024 if window.redis_pid else None
+    processes = window.process_pcts()
     return {
         "scenario": scenario, "transport": transport, "streams": streams, "delivered": delivered,
         "lost": totals.lost, "duplicated": totals.duplicated, "out_of_order": totals.out_of_order,
@@ -170,10 +290,17 @@ def row(scenario: str, transport: str, streams: int, totals: Totals, window: Win
         "loop_us_per_token": window.per_token_us("loop", delivered),
         "server_peak_rss_mb": peak,
         "server_system_pct": _system_share(window.meters["server"]),
+        "server_cpu_pct": window.cpu_pct("server"),
+        "server_busiest_cpu_pct": processes[0] if processes else None,
+        "server_process_cpu_pct": processes,
         "upstream_us_per_token": window.per_token_us("upstream", delivered),
+        "redis_us_per_token": window.per_token_us("redis", delivered),
+        "redis_cpu_pct": window.cpu_pct("redis"),
+        "redis_peak_rss_mb": redis_peak,
         "loadgen_us_per_token": window.per_token_us("loadgen", delivered),
         "loadgen_cpu_pct": 100 * loadgen_s / window.wall_s if window.wall_s else None,
         "wall_s": window.wall_s,
+        "store": store.kind, "processes": store.processes,
     }
 
 
@@ -200,11 +327,9 @@ class Streams:
     async def rows(self, bench: Bench) -> AsyncIterator[dict[str, Any]]:
         yield await self.direct(bench)
         for transport in bench.transports:
-            server = bench.model_server()
-            try:
-                yield await self.through(bench, server, transport)
-            finally:
-                stop(server)
+            for store in bench.stores:
+                with bench.deployed(store) as deployment:
+                    yield await self.through(bench, deployment, transport)
 
     async def direct(self, bench: Bench) -> dict[str, Any]:
         totals = Totals()
@@ -225,7 +350,9 @@ class Streams:
         return setup.figures(row(self.name, "direct", self.streams, totals, window, None,
                                  totals_span_s(totals, window)))
 
-    async def through(self, bench: Bench, server: ServerProcess, transport: str) -> dict[str, Any]:
+    async def through(self, bench: Bench, deployment: Deployment, transport: str) -> dict[str, Any]:
+        server, store = deployment.server, deployment.store
+        name = bench.labelled(self.name, store)
         totals = Totals()
         reader_type, make_request = READERS[transport]
         host = f"127.0.0.1:{server.port}"
@@ -245,18 +372,19 @@ class Streams:
                     request = make_request(host, orjson.loads(body)["channel"], token)
                     return await open_reader(server.port, reader_type, request, tally), tally
 
-            pid = server.process.pid  # type: ignore[union-attr]
+            pid = deployment.pid
             setup = Setup(pid)
             with setup:
                 readers = await _all(self.streams, attach)
-            with profiled(pid, f"{self.name}-{transport}", bench.profile), \
-                    Window(pid, bench.upstream_pid) as window:
+            profile_name = f"{self.name}-{transport}" + ("" if store == SQLITE else f"-{store.kind}{store.processes}")
+            with profiled(pid, profile_name, bench.profile, subprocesses=store.processes > 1), \
+                    Window(pid, bench.upstream_pid, deployment.redis_pid, store.processes) as window:
                 await _go(bench, group, self.streams)
                 await asyncio.gather(*(_ended(reader, tally) for reader, tally in readers))
         finally:
             pool.close()
-        return setup.figures(row(self.name, transport, self.streams, totals, window, server,
-                                 totals_span_s(totals, window)))
+        return setup.figures(row(name, transport, self.streams, totals, window, server,
+                                 totals_span_s(totals, window), store))
 
 
 class Setup:

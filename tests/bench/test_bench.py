@@ -7,11 +7,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from bench.arrivals import Arrivals, Submissions
 from bench.clients import Tally, Totals
-from bench.run import UpstreamProcess
-from bench.scenarios import Bench, Replay, Streams, stop
+from bench.run import UpstreamProcess, parse
+from bench.scenarios import SQLITE, Bench, Replay, Store, Streams, stop
+from tests.support import redis_server
 
 
 def feed(tally: Tally, seqs: list[int], emitted_ns: int = 1_000, received_ns: int = 3_000) -> None:
@@ -106,3 +108,38 @@ async def test_the_v1_responses_stream_is_a_row_of_its_own_with_every_token() ->
     for row in rows[2:]:  # a resume by sequence number gets exactly the rest
         assert row["lost"] == 0 and row["duplicated"] == 0 and row["failed_streams"] == 0
         assert row["endings"] == {"done": 1}
+
+
+def test_the_store_options_name_one_row_per_store_and_process_count() -> None:
+    assert parse([]).stores == (SQLITE,)
+    args = parse(["--store", "sqlite", "--store", "redis", "--processes", "1,2,4"])
+    assert [store.label for store in args.stores] == ["sqlite", "redis×1", "redis×2", "redis×4"]
+    assert parse(["--store", "redis"]).stores == (Store("redis", 1),)
+    with pytest.raises(SystemExit):
+        parse(["--processes", "2"])  # SQLite is one process
+    with pytest.raises(SystemExit):
+        parse(["--store", "redis", "--processes", "0"])
+
+
+@pytest.mark.skipif(not redis_server.available(), reason=f"no {redis_server.REDIS_SERVER}")
+async def test_redis_rows_with_one_and_two_processes_count_every_token_and_redis_on_its_own() -> None:
+    stores = (SQLITE, Store("redis", 1), Store("redis", 2))
+    with UpstreamProcess() as upstream, tempfile.TemporaryDirectory() as work:
+        bench = Bench(upstream.port, upstream.process.pid, Path(work), ("sse",), stores=stores)  # type: ignore[union-attr]
+        rows = [row async for row in Streams("tiny", 4, 20, 200, 300).rows(bench)]
+        assert not list(Path(work).glob("redis-*"))  # each row's Redis stopped and its files gone
+    assert [(r["scenario"], r["transport"], r["store"], r["processes"]) for r in rows] == [
+        ("tiny", "direct", "sqlite", 1), ("tiny sqlite", "sse", "sqlite", 1), ("tiny redis×1", "sse", "redis", 1),
+        ("tiny redis×2", "sse", "redis", 2)]
+    for row in rows:  # every token of every stream, in order, once, whichever process served it
+        assert (row["delivered"], row["lost"], row["duplicated"], row["out_of_order"]) == (80, 0, 0, 0)
+        assert row["failed_streams"] == 0 and row["endings"] == {"done": 4} and row["p99_ms"] is not None
+    sqlite, redis1, redis2 = rows[1:]
+    assert sqlite["redis_us_per_token"] is None and sqlite["redis_peak_rss_mb"] is None
+    for row in (redis1, redis2):
+        assert row["redis_us_per_token"] is not None and row["redis_peak_rss_mb"] > 0
+        assert row["redis_cpu_pct"] is not None and row["server_us_per_token"] is not None
+        assert row["server_peak_rss_mb"] > 0 and row["server_busiest_cpu_pct"] is not None
+    assert redis1["loop_us_per_token"] is not None and len(redis1["server_process_cpu_pct"]) == 1
+    # Two workers and their main process are all the server's: its CPU is every process of the tree.
+    assert redis2["loop_us_per_token"] is None and len(redis2["server_process_cpu_pct"]) >= 3

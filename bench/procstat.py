@@ -137,3 +137,32 @@ class TreeMeter:
     def stop(self) -> dict[int, float]:
         self.used_s = {each: used - self.started.get(each, 0.0) for each, used in self.read().items()}
         return self.used_s
+
+
+def machine_ticks() -> tuple[int, int, int]:
+    """(busy, idle, stolen) clock ticks of every CPU since boot, from the first line of /proc/stat."""
+    with open("/proc/stat", "rb") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is already in user and nice)
+    idle = fields[3] + fields[4]
+    stolen = fields[7] if len(fields) > 7 else 0
+    return sum(fields[:8]) - idle - stolen, idle, stolen
+
+
+@dataclass
+class MachineMeter:
+    """CPU seconds the whole machine was busy (every process) and had stolen by its host, over a window."""
+
+    started: tuple[int, int, int] = (0, 0, 0)
+    busy_s: float = 0.0
+    stolen_s: float = 0.0
+
+    def start(self) -> MachineMeter:
+        self.started = machine_ticks()
+        return self
+
+    def stop(self) -> float:
+        busy, _, stolen = machine_ticks()
+        self.busy_s = (busy - self.started[0]) / CLOCK_TICKS_PER_S
+        self.stolen_s = (stolen - self.started[2]) / CLOCK_TICKS_PER_S
+        return self.busy_s

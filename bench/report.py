@@ -2,7 +2,9 @@
 
 CPU% columns are of one core (100 = one core busy for the whole row): ``srv CPU%`` the
 server's whole process tree, ``busiest%`` its busiest process (the event loop, or the
-busiest worker), ``redis CPU%`` the Redis of the row.
+busiest worker), ``redis CPU%`` the Redis of the row, ``other CPU%`` the rest of the
+machine (every CPU busy, less the row's own processes: the kernel's softirq work for
+them, and any other job, which makes the row's figures suspect).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("redis_peak_rss_mb", "redis MB", "{:.1f}"),
     ("loadgen_us_per_token", "gen µs/tok", "{:.1f}"),
     ("loadgen_cpu_pct", "gen CPU%", "{:.0f}"),
+    ("other_cpu_pct", "other CPU%", "{:.0f}"),
     ("wall_s", "wall s", "{:.1f}"),
     ("setup_s", "setup s", "{:.1f}"),
     ("server_ms_per_setup", "srv ms/setup", "{:.2f}"),

@@ -46,7 +46,7 @@ from bench.clients import (
     open_reader,
     post_request,
 )
-from bench.procstat import CpuMeter, TreeMeter, memory_kb, started_ticks, tree_pids
+from bench.procstat import CpuMeter, MachineMeter, TreeMeter, memory_kb, started_ticks, tree_pids
 from bench.profile import profiled
 from tests.support.redis_server import RedisServer
 from tests.support.server import ROOT, ServerProcess
@@ -216,6 +216,7 @@ class Window:
                        "redis": CpuMeter(redis_pid, tree=True) if redis_pid else None,  # with an AOF rewrite's fork
                        "loadgen": CpuMeter(None)}
         self.server_processes = TreeMeter(server_pid) if server_pid else None
+        self.machine = MachineMeter()  # everything else on the machine: another job's load shows here
         self.redis_pid = redis_pid
         self.processes = processes
         self.wall_s = 0.0
@@ -226,11 +227,13 @@ class Window:
                 meter.start()
         if self.server_processes is not None:
             self.server_processes.start()
+        self.machine.start()
         self._started = time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall_s = time.monotonic() - self._started
+        self.machine.stop()
         for meter in self.meters.values():
             if meter is not None:
                 meter.stop()
@@ -250,6 +253,13 @@ class Window:
     def cpu_pct(self, name: str) -> float | None:
         meter = self.meters[name]
         return None if meter is None or not self.wall_s else 100 * meter.used_s / self.wall_s
+
+    def other_cpu_pct(self) -> float | None:
+        """The machine's busy CPU over the row that none of the measured processes used, % of one core."""
+        if not self.wall_s:
+            return None
+        ours = sum(meter.used_s for name, meter in self.meters.items() if meter is not None and name != "loop")
+        return max(0.0, 100 * (self.machine.busy_s - ours) / self.wall_s)
 
     def process_pcts(self) -> list[float]:
         """Each server process's CPU over the row as % of one core, busiest first."""
@@ -299,6 +309,8 @@ def row(scenario: str, transport: str, streams: int, totals: Totals, window: Win
         "redis_peak_rss_mb": redis_peak,
         "loadgen_us_per_token": window.per_token_us("loadgen", delivered),
         "loadgen_cpu_pct": 100 * loadgen_s / window.wall_s if window.wall_s else None,
+        "other_cpu_pct": window.other_cpu_pct(),
+        "stolen_cpu_pct": 100 * window.machine.stolen_s / window.wall_s if window.wall_s else None,
         "wall_s": window.wall_s,
         "store": store.kind, "processes": store.processes,
     }

@@ -28,7 +28,7 @@ import errors
 from channels.answers import Answers
 from channels.generation import SWEEP_INTERVAL_S, Completion, Generations
 from channels.hub import Hub
-from channels.limits import Limits
+from channels.limits import Limits, SharedLimits
 from channels.peers import RedisPeers
 from channels.presence import Presence, SharedPresence
 from channels.redis import RedisStore
@@ -134,10 +134,15 @@ async def start_services(app: ChimeApp) -> None:
     ctx.provider = make_provider(settings)
     ctx.generations = Generations(ctx.store, ctx.provider, ctx.presence, peers=peers,
                                   max_answer_chars=settings.max_answer_chars, max_answer_s=settings.max_answer_s)
-    ctx.limits = Limits(settings.max_running_per_user, settings.submissions_per_minute,
-                        ctx.generations.running_for, max_running_total=settings.max_running,
-                        running_total=lambda: ctx.generations.running,
-                        new_users_per_minute=settings.new_users_per_minute)
+    if peers is not None:
+        ctx.limits = SharedLimits(peers, settings.max_running_per_user, settings.submissions_per_minute,
+                                  max_running_total=settings.max_running,
+                                  new_users_per_minute=settings.new_users_per_minute)
+    else:
+        ctx.limits = Limits(settings.max_running_per_user, settings.submissions_per_minute,
+                            ctx.generations.running_for, max_running_total=settings.max_running,
+                            running_total=lambda: ctx.generations.running,
+                            new_users_per_minute=settings.new_users_per_minute)
     ctx.answers = Answers(ctx.store, ctx.generations, ctx.limits, settings, ctx.hub, on_new_user=ctx.users.remember)
     ctx.generations.completion_hooks.append(_count_completion(ctx.metrics))
     _register_gauges(ctx)

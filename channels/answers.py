@@ -176,7 +176,7 @@ class Answers:
             new_title = title_for(message)
         token = new_user = None
         if user_id is None:
-            self.limits.admit_new_user(address)
+            await self.limits.new_user(address)
             user_id, token = new_id(), new_token()
             new_user = (user_id, hash_token(token))
             if conversation_for is not None:
@@ -203,9 +203,10 @@ class Answers:
         hub = self.hub
         feed = hub.acquire(answer.channel_id) if hub is not None else None
         try:
-            with self.limits.admit(answer.user_id):
+            async with self.limits.admitted(answer.user_id) as slot:
                 await self.store.create_answer(answer)
                 generation = self.generations.start(answer.channel_id, answer.user_id, messages, options)
+                slot.keep_until(generation)
         except BaseException:
             if hub is not None and feed is not None:
                 hub.release(feed)

@@ -13,11 +13,16 @@ a flood of one-off identities leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Protocol
+
+log = logging.getLogger("chime.limits")
 
 WINDOW_S = 60.0
 # A full running limit frees up when an answer ends: ask to retry soon.
@@ -76,6 +81,14 @@ class Window:
         horizon = now - WINDOW_S
         for key in [key for key, recent in self._recent.items() if not recent or recent[-1] <= horizon]:
             del self._recent[key]
+
+
+class Slot:
+    """A running slot held for a submission. In one process the generation counts itself once
+    it runs (``running_for``); a shared slot (``SharedLimits``) is kept until it ends."""
+
+    def keep_until(self, generation: asyncio.Future[None]) -> None:
+        pass
 
 
 class Limits:
@@ -137,7 +150,104 @@ class Limits:
                               f"try again in {wait_s} s.", min(wait_s, int(WINDOW_S)))
         self._new_users.record(address)
 
+    # ---- what the answers service calls: the same for one process and for many ----------
+
+    @asynccontextmanager
+    async def admitted(self, user_id: str) -> AsyncIterator[Slot]:
+        """``admit`` for the answers service; the slot may be kept for the answer's generation."""
+        with self.admit(user_id):
+            yield Slot()
+
+    async def new_user(self, address: str) -> None:
+        self.admit_new_user(address)
+
     @property
     def tracked(self) -> int:
         """Keys held in the one-minute windows (for tests and metrics)."""
         return len(self._submissions) + len(self._new_users)
+
+
+# ---- several processes ---------------------------------------------------------------
+
+class Counters(Protocol):
+    """Where the processes of one service keep the limits' counts (``channels.peers`` in Redis).
+
+    ``reserve`` checks and takes a running slot and counts the submission in one atomic
+    step: ``None``, or ``(which, retry_after_s)`` for the limit that refused (``running``,
+    ``total``, ``per_minute``). Slots of processes that died are not counted.
+    """
+
+    async def reserve(self, user_id: str, max_running: int, max_total: int | None,
+                      per_minute: int) -> tuple[str, int] | None: ...
+    async def unreserve(self, user_id: str) -> None: ...
+    async def count_new_user(self, address: str, per_minute: int) -> int:
+        """0 when counted, else the whole seconds until ``address`` may make another user."""
+        ...
+
+
+class SharedLimits(Limits):
+    """The same limits counted across every process of the service (API.md: limits count across
+    all of them). A running slot is held from the submission until its generation ends."""
+
+    def __init__(self, counters: Counters, max_running: int, per_minute: int, *,
+                 max_running_total: int | None = None, new_users_per_minute: int | None = None):
+        super().__init__(max_running, per_minute, lambda _: 0, max_running_total=max_running_total,
+                         new_users_per_minute=new_users_per_minute)
+        self.counters = counters
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    @asynccontextmanager
+    async def admitted(self, user_id: str) -> AsyncIterator[Slot]:
+        refused = await self.counters.reserve(user_id, self.max_running, self.max_running_total, self.per_minute)
+        if refused is not None:
+            raise self._refusal(*refused)
+        slot = _SharedSlot(self, user_id)
+        try:
+            yield slot
+        except BaseException:
+            await self._unreserve(user_id)
+            raise
+        if not slot.kept:
+            await self._unreserve(user_id)
+
+    async def new_user(self, address: str) -> None:
+        if self.new_users_per_minute is None:
+            return
+        wait_s = await self.counters.count_new_user(address, self.new_users_per_minute)
+        if wait_s:
+            raise LimitExceeded(f"At most {self.new_users_per_minute} new users a minute from one address: "
+                                f"try again in {wait_s} s.", min(wait_s, int(WINDOW_S)))
+
+    def _refusal(self, which: str, retry_after_s: int) -> LimitExceeded:
+        if which == "running":
+            return LimitExceeded(f"You already have {self.max_running} answers running: "
+                                 "wait for one to finish or cancel it.", RUNNING_RETRY_AFTER_S)
+        if which == "total":
+            return LimitExceeded("The server is answering as many questions as it can: try again in a moment.",
+                                 retry_after_s=RUNNING_RETRY_AFTER_S)
+        return LimitExceeded(f"At most {self.per_minute} questions a minute: "
+                             f"try again in {retry_after_s} s.", retry_after_s)
+
+    async def _unreserve(self, user_id: str) -> None:
+        try:
+            await self.counters.unreserve(user_id)
+        except Exception:
+            # Counted until this process's lease runs out, like the slots of a dead process.
+            log.warning("could not give back a running slot of %s", user_id, exc_info=True)
+
+    def _unreserve_later(self, user_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._unreserve(user_id))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+
+class _SharedSlot(Slot):
+    def __init__(self, limits: SharedLimits, user_id: str):
+        self.limits = limits
+        self.user_id = user_id
+        self.kept = False
+
+    def keep_until(self, generation: asyncio.Future[None]) -> None:
+        self.kept = True
+        generation.add_done_callback(lambda _: self.limits._unreserve_later(self.user_id))
+

@@ -11,6 +11,8 @@ hash ``owners``: channel → process) and released when it ends. From that:
   sweeps harmless.
 - ``cancel_elsewhere`` asks the live owner of an answer to cancel it (its
   generation appends ``cancelled`` itself), over pub/sub: one channel per process.
+- limits (``channels.limits.Counters``): running slots and one-minute windows,
+  checked and counted in one script; a dead process's slots stop counting.
 - presence (``channels.presence.Board``): each process posts how many readers of
   a channel it has and how many are in view (a hash per channel, a field per
   process); the push decision counts those of live processes; a report for a
@@ -40,6 +42,66 @@ COMMAND_TIMEOUT_S = 3.0
 # A channel's posted presence goes this long after its last change (answers end well before).
 PRESENCE_TTL_S = 24 * 3600
 
+# ``channels.limits.Counters``, each one atomic step. Running slots are counted per process
+# (a hash per process: user -> slots, "" -> all its slots) so that a dead process's slots,
+# whose lease is gone, stop counting; the one-minute windows are sorted sets of times, on
+# Redis's clock (hosts' clocks may disagree).
+# KEYS: none (names from ARGV[1], the prefix). ARGV: prefix, this process, user, max running,
+# max total (-1: none), per minute, a unique member. Returns {0, 0} or {which, retry after s}.
+RESERVE = """
+local p, me, user = ARGV[1], ARGV[2], ARGV[3]
+local max_running, max_total, per_minute = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local mine, total = 0, 0
+for _, peer in ipairs(redis.call('SMEMBERS', p .. ':slots')) do
+  local slots = p .. ':slots:' .. peer
+  if redis.call('EXISTS', p .. ':peer:' .. peer) == 1 then
+    mine = mine + tonumber(redis.call('HGET', slots, user) or '0')
+    total = total + tonumber(redis.call('HGET', slots, '') or '0')
+  else
+    redis.call('DEL', slots)
+    redis.call('SREM', p .. ':slots', peer)
+  end
+end
+if mine >= max_running then return {1, 1} end
+if max_total >= 0 and total >= max_total then return {2, 1} end
+local asked = p .. ':asked:' .. user
+redis.call('ZREMRANGEBYSCORE', asked, '-inf', now - 60000)
+if redis.call('ZCARD', asked) >= per_minute then
+  local oldest = tonumber(redis.call('ZRANGE', asked, 0, 0, 'WITHSCORES')[2])
+  return {3, math.max(1, math.ceil((oldest + 60000 - now) / 1000))}
+end
+redis.call('ZADD', asked, now, ARGV[7])
+redis.call('PEXPIRE', asked, 60000)
+redis.call('SADD', p .. ':slots', me)
+redis.call('HINCRBY', p .. ':slots:' .. me, user, 1)
+redis.call('HINCRBY', p .. ':slots:' .. me, '', 1)
+return {0, 0}
+"""
+# ARGV: prefix, this process, user.
+UNRESERVE = """
+local slots = ARGV[1] .. ':slots:' .. ARGV[2]
+if tonumber(redis.call('HINCRBY', slots, ARGV[3], -1)) <= 0 then redis.call('HDEL', slots, ARGV[3]) end
+if tonumber(redis.call('HINCRBY', slots, '', -1)) <= 0 then redis.call('HDEL', slots, '') end
+return 0
+"""
+# ARGV: prefix, address, per minute, a unique member. Returns 0 (counted) or the seconds to wait.
+NEW_USER = """
+local made = ARGV[1] .. ':new-users:' .. ARGV[2]
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', made, '-inf', now - 60000)
+if redis.call('ZCARD', made) >= tonumber(ARGV[3]) then
+  local oldest = tonumber(redis.call('ZRANGE', made, 0, 0, 'WITHSCORES')[2])
+  return math.max(1, math.ceil((oldest + 60000 - now) / 1000))
+end
+redis.call('ZADD', made, now, ARGV[4])
+redis.call('PEXPIRE', made, 60000)
+return 0
+"""
+_REFUSED = {1: "running", 2: "total", 3: "per_minute"}
+
 
 class RedisPeers:
     """This process's lease, its claims, and cancels routed between processes."""
@@ -63,6 +125,9 @@ class RedisPeers:
         self._listener = aioredis.Redis.from_url(url, socket_timeout=None,
                                                  socket_connect_timeout=COMMAND_TIMEOUT_S)
         self._tasks: list[asyncio.Task[None]] = []
+        self._reserve = self._redis.register_script(RESERVE)
+        self._unreserve = self._redis.register_script(UNRESERVE)
+        self._new_user = self._redis.register_script(NEW_USER)
 
     async def open(self) -> None:
         await self._renew()
@@ -154,6 +219,22 @@ class RedisPeers:
 
     async def post_report(self, channel: str, visible: bool) -> None:
         await self._call(self._redis.publish(self._reports, f"{self.id} {int(visible)} {channel}"))
+
+    # ---- limits (``channels.limits.Counters``) -------------------------------------------
+
+    async def reserve(self, user_id: str, max_running: int, max_total: int | None,
+                      per_minute: int) -> tuple[str, int] | None:
+        which, retry_after_s = await self._call(self._reserve(
+            args=[self._prefix, self.id, user_id, max_running, -1 if max_total is None else max_total,
+                  per_minute, secrets.token_hex(8)]))
+        return None if not which else (_REFUSED[int(which)], int(retry_after_s))
+
+    async def unreserve(self, user_id: str) -> None:
+        await self._call(self._unreserve(args=[self._prefix, self.id, user_id]))
+
+    async def count_new_user(self, address: str, per_minute: int) -> int:
+        return int(await self._call(self._new_user(args=[self._prefix, address, per_minute,
+                                                         secrets.token_hex(8)])))
 
     # ---- the lease and the cancels ----------------------------------------------------
 

@@ -20,7 +20,7 @@ MAX_MESSAGE_CHARS = 32_000
 async def create_user(request: ChimeRequest) -> HTTPResponse:
     """A new anonymous user; a request carrying an unknown or malformed token gets 401 like anywhere."""
     await user_for(request)
-    request.app.ctx.limits.admit_new_user(request.client_ip)
+    await request.app.ctx.limits.new_user(request.client_ip)
     user_id, token = await request.app.ctx.users.create()
     return json({"user_id": user_id, "token": token}, status=201)
 

@@ -1,12 +1,15 @@
-"""Presence across processes: two ``RedisPeers`` on one real Redis stand for two processes."""
+"""Presence, limits and cancels across processes: two ``RedisPeers`` on one real Redis stand
+for two processes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from channels.limits import LimitExceeded, SharedLimits
 from channels.peers import RedisPeers
 from channels.presence import SharedPresence
 from tests.support.redis_server import RedisServer
@@ -18,7 +21,7 @@ CHANNEL = "a-channel"
 class Process:
     def __init__(self, url: str, ttl_s: float = 5.0):
         self.cancelled: list[str] = []
-        self.peers = RedisPeers(url, self.cancelled.append, prefix="presence-test", ttl_s=ttl_s)
+        self.peers = RedisPeers(url, self.cancelled.append, prefix="peers-test", ttl_s=ttl_s)
         self.presence = SharedPresence(self.peers)
         self.peers.on_report = self.presence.apply_report
 
@@ -79,7 +82,8 @@ async def test_the_readers_of_a_dead_process_do_not_count(redis: RedisServer) ->
         assert await one.presence.watched_anywhere(CHANNEL)
         for task in dying.peers._tasks:  # it stops renewing its lease, as a killed process would
             task.cancel()
-        await async_wait_until(lambda: redis.client().exists(dying.peers._lease) == 0, 5, "the lease to run out")
+        with redis.client() as client:
+            await async_wait_until(lambda: client.exists(dying.peers._lease) == 0, 5, "the lease to run out")
         assert not await one.presence.watched_anywhere(CHANNEL)
     finally:
         await one.peers.close()
@@ -97,3 +101,79 @@ async def test_a_cancel_reaches_the_live_owner_only(processes: tuple[Process, Pr
     await two.peers.release(CHANNEL)
     assert await one.peers.owned_elsewhere() == set()
     assert not await one.peers.cancel_elsewhere(CHANNEL)
+
+
+# ---- limits across processes ---------------------------------------------------------------
+
+def shared_limits(process: Process, max_running: int = 2, per_minute: int = 100,
+                  max_total: int | None = None) -> SharedLimits:
+    return SharedLimits(process.peers, max_running, per_minute, max_running_total=max_total,
+                        new_users_per_minute=2)
+
+
+async def test_running_slots_count_across_processes_until_the_generation_ends(
+        processes: tuple[Process, Process], redis: RedisServer) -> None:
+    one, two = processes
+    first, second = shared_limits(one), shared_limits(two)
+    generation = asyncio.get_running_loop().create_future()
+    async with first.admitted("alice") as slot:
+        slot.keep_until(generation)  # held by the answer it started, as the answers service does
+    async with second.admitted("alice"):
+        with pytest.raises(LimitExceeded, match="2 answers running"):  # one here, one there
+            async with first.admitted("alice"):
+                pass
+        async with first.admitted("bob"):  # another user has slots of their own
+            pass
+    async with second.admitted("alice"):  # the block ended without keeping its slot
+        pass
+    generation.set_result(None)
+    with redis.client() as client:
+        await async_wait_until(lambda: client.hget(f"peers-test:slots:{one.peers.id}", "alice") is None, 5,
+                               "the slot to be given back")
+    async with first.admitted("alice"), second.admitted("alice"):
+        pass
+
+
+async def test_the_total_the_minute_window_and_new_users_count_across_processes(
+        processes: tuple[Process, Process]) -> None:
+    one, two = processes
+    first, second = shared_limits(one, max_total=1), shared_limits(two, max_total=1)
+    async with first.admitted("alice"):
+        with pytest.raises(LimitExceeded, match="as many questions as it can"):
+            async with second.admitted("bob"):
+                pass
+    first, second = shared_limits(one, per_minute=2), shared_limits(two, per_minute=2)
+    async with first.admitted("carol"):
+        pass
+    async with second.admitted("carol"):
+        pass
+    with pytest.raises(LimitExceeded, match="2 questions a minute") as refused:
+        async with first.admitted("carol"):
+            pass
+    assert 1 <= refused.value.retry_after_s <= 60
+    await first.new_user("203.0.113.7")
+    await second.new_user("203.0.113.7")
+    with pytest.raises(LimitExceeded, match="2 new users a minute"):
+        await first.new_user("203.0.113.7")
+    await second.new_user("203.0.113.8")
+
+
+async def test_the_slots_of_a_dead_process_stop_counting(redis: RedisServer) -> None:
+    one, dying = Process(redis.url), Process(redis.url, ttl_s=0.3)
+    await one.peers.open()
+    await dying.peers.open()
+    try:
+        async with shared_limits(dying, max_running=1).admitted("alice") as slot:
+            slot.keep_until(asyncio.get_running_loop().create_future())  # an answer that never ends
+        with pytest.raises(LimitExceeded):
+            async with shared_limits(one, max_running=1).admitted("alice"):
+                pass
+        for task in dying.peers._tasks:  # it stops renewing its lease, as a killed process would
+            task.cancel()
+        with redis.client() as client:
+            await async_wait_until(lambda: client.exists(dying.peers._lease) == 0, 5, "the lease to run out")
+        async with shared_limits(one, max_running=1).admitted("alice"):
+            pass
+    finally:
+        await one.peers.close()
+        await dying.peers.close()

@@ -225,3 +225,27 @@ def test_the_push_decision_counts_readers_on_every_process(tmp_path: Path) -> No
         for server in servers:
             server.__exit__()
         redis.stop()
+
+
+def test_limits_count_across_processes(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis").start()
+    servers = start_processes(tmp_path, redis, 2, CHIME_DEMO_DELAY_MS="200", CHIME_MAX_RUNNING_PER_USER="1",
+                              CHIME_NEW_USERS_PER_MINUTE="3")
+    a = Reader(servers[0])  # the first new user from this address
+    b = Reader(servers[1], a.token)
+    try:
+        channel = a.submit("I take the only slot")
+        refused = b.http.post("/api/chat", headers=b.auth, json={"message": "me too"})
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "rate_limited" and refused.headers["retry-after"] == "1"
+        assert a.http.post(f"/api/channels/{channel}/cancel", headers=a.auth).status_code == 202
+        wait_until(lambda: b.http.post("/api/chat", headers=b.auth, json={"message": "now me"}).status_code == 201,
+                   10, "the slot to come free on the other process")
+        made = [reader.http.post("/api/users").status_code for reader in (a, b, a)]
+        assert made == [201, 201, 429]  # 3 a minute from one address, counted on both processes
+    finally:
+        a.close()
+        b.close()
+        for server in servers:
+            server.__exit__()
+        redis.stop()

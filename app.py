@@ -1,7 +1,8 @@
 """Chime: durable streaming of AI chat answers.
 
 ``create_app(settings)`` builds the Sanic app; ``python app.py`` runs it in one
-process (fan-out and presence live in its memory).
+process, or in ``CHIME_WORKERS`` processes on one port (``serving.py``). With
+``CHIME_REDIS_URL`` every process on that Redis serves as one service.
 """
 
 from __future__ import annotations

@@ -249,3 +249,26 @@ def test_limits_count_across_processes(tmp_path: Path) -> None:
         for server in servers:
             server.__exit__()
         redis.stop()
+
+
+def test_a_hung_redis_is_a_clean_503_within_seconds_and_service_comes_back(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis").start()
+    [server] = start_processes(tmp_path, redis, 1)
+    reader = Reader(server)
+    try:
+        redis.pause()  # holds every connection and answers nothing
+        wait_until(lambda: reader.http.get("/healthz").status_code == 503, 10, "/healthz to say 503")
+        started = time.monotonic()
+        refused = reader.http.post("/api/chat", headers=reader.auth, json={"message": "while Redis hangs"})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "unavailable" and int(refused.headers["retry-after"]) >= 1
+        assert time.monotonic() - started < 10
+        redis.resume()
+        wait_until(lambda: reader.http.get("/healthz").status_code == 200, 10, "/healthz to say 200 again")
+        channel = reader.submit("after Redis came back")
+        events = reader.wait_finished(channel)
+        assert [e["id"] for e in events] == list(range(1, len(events) + 1)) and events[-1]["event"] == "done"
+    finally:
+        reader.close()
+        server.__exit__()
+        redis.stop()

@@ -2,9 +2,10 @@
 
 CPU% columns are of one core (100 = one core busy for the whole row): ``srv CPU%`` the
 server's whole process tree, ``busiest%`` its busiest process (the event loop, or the
-busiest worker), ``redis CPU%`` the Redis of the row, ``other CPU%`` the rest of the
-machine (every CPU busy, less the row's own processes: the kernel's softirq work for
-them, and any other job, which makes the row's figures suspect).
+busiest worker), ``redis CPU%`` the Redis of the row, ``irq CPU%`` the machine's
+interrupt and softirq time (accounted to no process; loopback TCP's receive path runs
+there), ``other CPU%`` every other process on the machine (another job's load, which
+makes the row's figures suspect).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("redis_peak_rss_mb", "redis MB", "{:.1f}"),
     ("loadgen_us_per_token", "gen µs/tok", "{:.1f}"),
     ("loadgen_cpu_pct", "gen CPU%", "{:.0f}"),
+    ("interrupts_cpu_pct", "irq CPU%", "{:.0f}"),
     ("other_cpu_pct", "other CPU%", "{:.0f}"),
     ("wall_s", "wall s", "{:.1f}"),
     ("setup_s", "setup s", "{:.1f}"),

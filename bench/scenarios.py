@@ -255,11 +255,11 @@ class Window:
         return None if meter is None or not self.wall_s else 100 * meter.used_s / self.wall_s
 
     def other_cpu_pct(self) -> float | None:
-        """The machine's busy CPU over the row that none of the measured processes used, % of one core."""
+        """CPU of the machine's other processes over the row (another job's), % of one core."""
         if not self.wall_s:
             return None
         ours = sum(meter.used_s for name, meter in self.meters.items() if meter is not None and name != "loop")
-        return max(0.0, 100 * (self.machine.busy_s - ours) / self.wall_s)
+        return max(0.0, 100 * (self.machine.processes_s - ours) / self.wall_s)
 
     def process_pcts(self) -> list[float]:
         """Each server process's CPU over the row as % of one core, busiest first."""
@@ -310,6 +310,7 @@ def row(scenario: str, transport: str, streams: int, totals: Totals, window: Win
         "loadgen_us_per_token": window.per_token_us("loadgen", delivered),
         "loadgen_cpu_pct": 100 * loadgen_s / window.wall_s if window.wall_s else None,
         "other_cpu_pct": window.other_cpu_pct(),
+        "interrupts_cpu_pct": 100 * window.machine.interrupts_s / window.wall_s if window.wall_s else None,
         "stolen_cpu_pct": 100 * window.machine.stolen_s / window.wall_s if window.wall_s else None,
         "wall_s": window.wall_s,
         "store": store.kind, "processes": store.processes,

@@ -162,4 +162,9 @@ def multiprocess_dir() -> Iterator[Path]:
             os.environ.pop(MULTIPROCESS_DIR_ENV, None)
         else:
             os.environ[MULTIPROCESS_DIR_ENV] = previous
-        shutil.rmtree(directory, ignore_errors=True)
+        remove_multiprocess_dir(directory)
+
+
+def remove_multiprocess_dir(directory: Path) -> None:
+    """The workers' values are gone with the server (a second call does nothing)."""
+    shutil.rmtree(directory, ignore_errors=True)

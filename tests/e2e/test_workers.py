@@ -13,12 +13,15 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.e2e.channel_clients import SseStream, parse_sse_lines
 from tests.support import redis_server
 from tests.support.redis_server import RedisServer
 from tests.support.server import ROOT, ServerProcess, free_port
@@ -163,3 +166,61 @@ async def test_workers_share_the_port_and_every_scrape_covers_every_worker(tmp_p
         assert server.stop(WAIT_S) == 0
         wait_until(lambda: not server.group_alive(), WAIT_S, "every worker to exit")
         assert list(scratch.glob("chime-metrics-*")) == []
+
+
+def follow(url: str, token: str, channel: str, stream: SseStream) -> threading.Thread:
+    """A reader of ``channel``'s SSE stream until the server ends it, on a thread of its own."""
+    def read() -> None:
+        with httpx.stream("GET", f"{url}/api/channels/{channel}/events", timeout=WAIT_S,
+                          headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}) as response:
+            stream.status = response.status_code
+            parse_sse_lines(response.iter_lines(), stream, None)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def stored_events(server: ServerProcess, token: str, channel: str) -> list[dict]:
+    response = httpx.get(f"{server.url}/api/channels/{channel}/events.json?after=0", timeout=WAIT_S,
+                         headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    assert response.json()["finished"]
+    return response.json()["events"]
+
+
+def test_sigterm_twice_stops_every_worker_in_order_and_exits_0(tmp_path: Path, redis: RedisServer) -> None:
+    """As in one process: running answers end as interrupted after the grace period, streams end,
+    and a second SIGTERM (or a SIGINT) during the stop does not cut it short.
+
+    A stream may end before the terminal event of an answer another worker generates (that
+    worker is stopping too): its client would read the rest from whichever process serves next.
+    """
+    env = {**WORKERS_ENV, "CHIME_REDIS_URL": redis.url, "CHIME_DEMO_DELAY_MS": "50", "CHIME_SHUTDOWN_GRACE_S": "0.5"}
+    with WorkersServer(tmp_path / "server", env) as server:
+        token = httpx.post(f"{server.url}/api/users", timeout=WAIT_S).json()["token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        channels = [httpx.post(f"{server.url}/api/chat", headers=auth, json={"message": f"question {n}"},
+                               timeout=WAIT_S).json()["channel"] for n in range(4)]
+        streams = {channel: SseStream(status=0, headers={}) for channel in channels}
+        readers = [follow(server.url, token, channel, stream) for channel, stream in streams.items()]
+        wait_until(lambda: all(len(stream.events) > 2 for stream in streams.values()), WAIT_S,
+                   "every answer to be under way")
+
+        assert server.process is not None
+        started = time.monotonic()
+        for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGINT):
+            server.process.send_signal(signum)
+        assert server.process.wait(WAIT_S) == 0, server.log()
+        assert time.monotonic() - started < 10, server.log()
+        for reader in readers:
+            reader.join(WAIT_S)
+        assert all(stream.ended_by_server for stream in streams.values())
+        wait_until(lambda: not server.group_alive(), WAIT_S, "every worker to exit")
+        assert "Killing" not in server.log()  # Sanic's SIGKILL of every worker never came
+
+    with ServerProcess(tmp_path / "after", {"CHIME_REDIS_URL": redis.url}) as after:
+        for channel, stream in streams.items():
+            stored = stored_events(after, token, channel)
+            assert (stored[-1]["event"], stored[-1]["data"]) == ("interrupted", {"reason": "server_shutdown"})
+            assert stream.events == stored[:len(stream.events)], channel

@@ -158,7 +158,7 @@ async def test_workers_share_the_port_and_every_scrape_covers_every_worker(tmp_p
         assert sum(scrape_counts(final).values()) == made + 1
         assert metric(final, "chime_submissions_total") == SUBMISSIONS
         # One set of names, whichever worker answers, and the same as one process exports.
-        with ServerProcess(tmp_path / "single") as single:
+        with ServerProcess(tmp_path / "single", {"CHIME_REDIS_URL": redis.url}) as single:
             one_process = httpx.get(f"{single.url}/metrics", timeout=WAIT_S).text
         assert gauge_names(final) == gauge_names(one_process) != set()
         assert scrape_counts(one_process) == {str(single.process.pid): 1.0}  # type: ignore[union-attr]

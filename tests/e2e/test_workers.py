@@ -52,6 +52,16 @@ class WorkersServer(ServerProcess):
         wait_until(self._ready, timeout_s, f"the server on port {self.port} to answer /healthz")
         return self
 
+    def environment(self) -> dict[str, str]:
+        # The server's metrics directory, and one a killed server leaves behind, stay in the test's.
+        return {"TMPDIR": str(self.scratch), **super().environment()}
+
+    @property
+    def scratch(self) -> Path:
+        path = self.data_dir / "tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def __enter__(self) -> WorkersServer:
         return self.start()
 
@@ -141,10 +151,9 @@ def submit_on_new_connections(url: str, count: int) -> None:
 
 async def test_workers_share_the_port_and_every_scrape_covers_every_worker(tmp_path: Path,
                                                                           redis: RedisServer) -> None:
-    scratch = tmp_path / "tmp"  # where the server's per-run metrics directory goes
-    scratch.mkdir()
-    env = {**WORKERS_ENV, "CHIME_REDIS_URL": redis.url, "TMPDIR": str(scratch)}
+    env = {**WORKERS_ENV, "CHIME_REDIS_URL": redis.url}
     with WorkersServer(tmp_path / "server", env) as server:
+        scratch = server.scratch  # where the server's metrics directory goes
         assert httpx.get(f"{server.url}/healthz", timeout=WAIT_S).status_code == 200
         assert len(list(scratch.glob("chime-metrics-*"))) == 1
 

@@ -214,6 +214,8 @@ async def _close_services(app: ChimeApp) -> None:
     if hasattr(ctx, "provider"):
         await ctx.provider.close()
     if hasattr(ctx, "peers"):  # after the answers ended: their claims are released
+        if isinstance(ctx.presence, SharedPresence):
+            await ctx.presence.close()
         await ctx.peers.close()
     if hasattr(ctx, "store"):
         await ctx.store.close()

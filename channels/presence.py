@@ -95,6 +95,7 @@ class SharedPresence(Presence):
         self.board = board
         self._dirty: set[str] = set()
         self._posting: asyncio.Task[None] | None = None
+        self._closed = False
 
     def attach(self, channel: str) -> Reader:
         reader = super().attach(channel)
@@ -108,7 +109,7 @@ class SharedPresence(Presence):
     def report(self, channel: str, visible: bool, reader: Reader | None = None) -> None:
         super().report(channel, visible, reader)
         self._changed(channel)
-        if reader is None:
+        if reader is None and not self._closed:
             asyncio.get_running_loop().create_task(self._post_report(channel, visible))
 
     def apply_report(self, channel: str, visible: bool) -> None:
@@ -131,7 +132,15 @@ class SharedPresence(Presence):
         while self._posting is not None:
             await asyncio.shield(self._posting)
 
+    async def close(self) -> None:
+        """Before the board's connection closes: post what is pending, then nothing more (this
+        process's readers stop counting anyway once its lease is given up)."""
+        await self.flushed()
+        self._closed = True
+
     def _changed(self, channel: str) -> None:
+        if self._closed:
+            return
         self._dirty.add(channel)
         if self._posting is None:
             self._posting = asyncio.get_running_loop().create_task(self._post(), name="chime-presence-post")

@@ -30,6 +30,7 @@ class Totals:
     """What every stream of one run delivered; latencies in nanoseconds."""
 
     latencies_ns: array[int] = field(default_factory=lambda: array("q"))
+    emitted_ns: array[int] = field(default_factory=lambda: array("q"))  # each latency's token's emission
     delivered: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -58,6 +59,7 @@ class Tally:
         """Count the tokens in ``data``; returns where the last one ends (0: none)."""
         totals = self.totals
         latencies = totals.latencies_ns
+        emissions = totals.emitted_ns
         live = 0
         end = 0
         for match in TOKEN.finditer(data):
@@ -71,6 +73,7 @@ class Tally:
                 totals.replayed += 1
             else:
                 latencies.append(received_ns - emitted_ns)
+                emissions.append(emitted_ns)
                 if not live and (not totals.first_emitted_ns or emitted_ns < totals.first_emitted_ns):
                     totals.first_emitted_ns = emitted_ns
                 live += 1

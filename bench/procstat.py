@@ -172,3 +172,18 @@ class MachineMeter:
         self.processes_s = processes / CLOCK_TICKS_PER_S
         self.interrupts_s = interrupts / CLOCK_TICKS_PER_S
         self.stolen_s = stolen / CLOCK_TICKS_PER_S
+
+
+def open_sockets(pid: int) -> int:
+    """How many sockets the process holds (its clients' connections, and its own to Redis or the model)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return 0
+    count = 0
+    for fd in fds:
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:  # closed meanwhile
+            pass
+    return count

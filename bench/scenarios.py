@@ -46,7 +46,15 @@ from bench.clients import (
     open_reader,
     post_request,
 )
-from bench.procstat import CpuMeter, MachineMeter, TreeMeter, memory_kb, started_ticks, tree_pids
+from bench.procstat import (
+    CpuMeter,
+    MachineMeter,
+    TreeMeter,
+    memory_kb,
+    open_sockets,
+    started_ticks,
+    tree_pids,
+)
 from bench.profile import profiled
 from tests.support.redis_server import RedisServer
 from tests.support.server import ROOT, ServerProcess
@@ -58,6 +66,7 @@ IDLE_CHANNELS = 100           # idle readers are spread over this many running c
 STREAM_TIMEOUT_S = 120.0      # a stream that has not ended by then is a failure, not a hang
 REPLAY_EVENTS = 10_000
 REPLAY_REPEATS = 20
+PHASE_NS = 1_000_000_000     # latencies apart for the first and the last second of emissions
 WORKERS_START_TIMEOUT_S = 60.0  # N fresh interpreters import everything before the first answer
 
 SERVER_ENV = {
@@ -273,13 +282,25 @@ def _system_share(meter: CpuMeter | None) -> float | None:
 
 
 def latency_figures(totals: Totals) -> dict[str, float | None]:
+    """p50/p99/max of every live token, and p99 apart for tokens emitted in the first second, the
+    last second and between (``p99_head_ms``, ``p99_tail_ms``, ``p99_mid_ms``): a start or an end
+    that stalls every stream at once shows there, apart from the steady state."""
     values = sorted(totals.latencies_ns)
     if not values:
-        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
-    def pick(q: float) -> float:
-        return values[min(len(values) - 1, int(q * len(values)))] / 1e6
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None,
+                "p99_head_ms": None, "p99_mid_ms": None, "p99_tail_ms": None}
+    first, last = min(totals.emitted_ns), max(totals.emitted_ns)
+    parts: dict[str, list[int]] = {"p99_head_ms": [], "p99_mid_ms": [], "p99_tail_ms": []}
+    if last - first > 2 * PHASE_NS:
+        for latency, emitted in zip(totals.latencies_ns, totals.emitted_ns, strict=True):
+            phase = "head" if emitted < first + PHASE_NS else "tail" if emitted > last - PHASE_NS else "mid"
+            parts[f"p99_{phase}_ms"].append(latency)
+    return {"p50_ms": _pick(values, 0.50), "p99_ms": _pick(values, 0.99), "max_ms": values[-1] / 1e6,
+            **{name: _pick(sorted(part), 0.99) if part else None for name, part in parts.items()}}
 
-    return {"p50_ms": pick(0.50), "p99_ms": pick(0.99), "max_ms": values[-1] / 1e6}
+
+def _pick(values: list[int], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] / 1e6
 
 
 def row(scenario: str, transport: str, streams: int, totals: Totals, window: Window,
@@ -389,6 +410,8 @@ class Streams:
             setup = Setup(pid)
             with setup:
                 readers = await _all(self.streams, attach)
+            # How the kernel spread the connections: sockets of each server process, busiest first.
+            sockets = sorted((open_sockets(each) for each in tree_pids(pid)), reverse=True)
             profile_name = f"{self.name}-{transport}" + ("" if store == SQLITE else f"-{store.kind}{store.processes}")
             with profiled(pid, profile_name, bench.profile, subprocesses=store.processes > 1), \
                     Window(pid, bench.upstream_pid, deployment.redis_pid, store.processes) as window:
@@ -396,8 +419,9 @@ class Streams:
                 await asyncio.gather(*(_ended(reader, tally) for reader, tally in readers))
         finally:
             pool.close()
-        return setup.figures(row(name, transport, self.streams, totals, window, server,
-                                 totals_span_s(totals, window), store))
+        result = row(name, transport, self.streams, totals, window, server, totals_span_s(totals, window), store)
+        result["server_process_sockets"] = sockets
+        return setup.figures(result)
 
 
 class Setup:

@@ -134,6 +134,7 @@ async def test_redis_rows_with_one_and_two_processes_count_every_token_and_redis
     for row in rows:  # every token of every stream, in order, once, whichever process served it
         assert (row["delivered"], row["lost"], row["duplicated"], row["out_of_order"]) == (80, 0, 0, 0)
         assert row["failed_streams"] == 0 and row["endings"] == {"done": 4} and row["p99_ms"] is not None
+        assert {"p99_head_ms", "p99_mid_ms", "p99_tail_ms", "other_cpu_pct", "interrupts_cpu_pct"} <= row.keys()
     sqlite, redis1, redis2 = rows[1:]
     assert sqlite["redis_us_per_token"] is None and sqlite["redis_peak_rss_mb"] is None
     for row in (redis1, redis2):
@@ -143,3 +144,4 @@ async def test_redis_rows_with_one_and_two_processes_count_every_token_and_redis
     assert redis1["loop_us_per_token"] is not None and len(redis1["server_process_cpu_pct"]) == 1
     # Two workers and their main process are all the server's: its CPU is every process of the tree.
     assert redis2["loop_us_per_token"] is None and len(redis2["server_process_cpu_pct"]) >= 3
+    assert len(redis2["server_process_sockets"]) >= 3 and sum(redis2["server_process_sockets"]) >= 4  # 4 readers

@@ -23,6 +23,7 @@ TOKEN = re.compile(rb"~(\d+)\.(\d+)~")
 SSE_TERMINAL = re.compile(rb"\nevent: (done|error|cancelled|interrupted)\n")
 CARRY_BYTES = 64  # longest token text a read can cut in two, with room to spare
 CONNECT_TIMEOUT_S = 30.0
+OPEN_PAUSE_S = 0.005  # between a pool's connections opened one by one (ExchangePool.open_one_by_one)
 
 
 @dataclass
@@ -362,6 +363,25 @@ class ExchangePool:
             return await exchange.request(data)
         finally:
             self.idle.put_nowait(exchange)
+
+    async def open_one_by_one(self, host: str) -> None:
+        """Open every connection now, each once the one before was answered (``GET /healthz``).
+
+        Opened together, the connections queue at the listening socket at once and the first
+        worker to wake accepts them all (``CHIME_WORKERS=2``: 63-64 of 64 on one worker, which
+        then runs every answer submitted through the pool). One by one and ``OPEN_PAUSE_S``
+        apart, each goes to whichever worker accepts first then (31-33 of 64 each), as
+        connections of independent clients do.
+        """
+        loop = asyncio.get_running_loop()
+        while len(self.opened) < self.size:
+            _, exchange = await loop.create_connection(Exchange, "127.0.0.1", self.port)
+            self.opened.append(exchange)
+            status, _ = await exchange.request(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            if status != 200:
+                raise RuntimeError(f"GET /healthz answered {status}")
+            self.idle.put_nowait(exchange)
+            await asyncio.sleep(OPEN_PAUSE_S)
 
     def close(self) -> None:
         for exchange in self.opened:

@@ -392,6 +392,7 @@ class Streams:
         host = f"127.0.0.1:{server.port}"
         pool = ExchangePool(server.port, SETUP_CONCURRENCY)
         try:
+            await pool.open_one_by_one(host)  # spread over the workers as independent clients' would be
             status, body = await pool.request(post_request(host, "/api/users", b"{}"))
             token = orjson.loads(body)["token"]
             group = next_group()

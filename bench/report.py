@@ -51,6 +51,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("loadgen_cpu_pct", "gen CPU%", "{:.0f}"),
     ("interrupts_cpu_pct", "irq CPU%", "{:.0f}"),
     ("other_cpu_pct", "other CPU%", "{:.0f}"),
+    ("server_log_problems", "log warn", "{:,}"),
     ("wall_s", "wall s", "{:.1f}"),
     ("setup_s", "setup s", "{:.1f}"),
     ("server_ms_per_setup", "srv ms/setup", "{:.2f}"),

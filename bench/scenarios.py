@@ -17,8 +17,10 @@ process and every worker); Redis's CPU is a column of its own.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -363,7 +365,9 @@ class Streams:
         for transport in bench.transports:
             for store in bench.stores:
                 with bench.deployed(store) as deployment:
-                    yield await self.through(bench, deployment, transport)
+                    result = await self.through(bench, deployment, transport)
+                result.update(log_problems(deployment.server.log()))  # stopped: its last words are in
+                yield result
 
     async def direct(self, bench: Bench) -> dict[str, Any]:
         totals = Totals()
@@ -423,6 +427,26 @@ class Streams:
         result = row(name, transport, self.streams, totals, window, server, totals_span_s(totals, window), store)
         result["server_process_sockets"] = sockets
         return setup.figures(result)
+
+
+_LOG_LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")  # a line's first one is its level
+_LOG_IDS = re.compile(r"\b[A-Za-z0-9_-]{22}\b|\b[0-9a-f]{16,}\b")
+_LOG_TIME = re.compile(r"^.*?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.\d]*(?: [+-]\d{4})? ")
+
+
+def log_problems(log: str) -> dict[str, Any]:
+    """Warnings and errors the server logged from its start to its stop, and the commonest kinds.
+
+    Every token can arrive while the server fails at something else (an answer's end
+    steps, a push): the row's ``log warn`` column says so.
+    """
+    kinds: collections.Counter[str] = collections.Counter()
+    for line in log.splitlines():
+        level = _LOG_LEVEL.search(line) if line[:1].strip() else None  # not a traceback's lines
+        if level is not None and level[1] in ("WARNING", "ERROR", "CRITICAL"):
+            kinds[_LOG_IDS.sub("…", _LOG_TIME.sub("", line, count=1)).strip()[:160]] += 1
+    return {"server_log_problems": sum(kinds.values()),
+            "server_log_problem_kinds": dict(kinds.most_common(5))}
 
 
 class Setup:

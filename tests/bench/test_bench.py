@@ -12,7 +12,7 @@ import pytest
 from bench.arrivals import Arrivals, Submissions
 from bench.clients import Tally, Totals
 from bench.run import UpstreamProcess, parse
-from bench.scenarios import SQLITE, Bench, Replay, Store, Streams, stop
+from bench.scenarios import SQLITE, Bench, Replay, Store, Streams, log_problems, stop
 from tests.support import redis_server
 
 
@@ -110,6 +110,22 @@ async def test_the_v1_responses_stream_is_a_row_of_its_own_with_every_token() ->
         assert row["endings"] == {"done": 1}
 
 
+def test_log_problems_counts_warnings_and_errors_by_kind_without_ids_or_tracebacks() -> None:
+    log = "\n".join([
+        "2026-11-30 06:30:28,212 WARNING chime.limits: could not give back a running slot of 81JoiP8L59lRVo67huHjdA",
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1, in f',
+        "redis.exceptions.MaxConnectionsError: Too many connections",
+        "2026-11-30 06:30:28,213 WARNING chime.limits: could not give back a running slot of m5YamgfSFZUpl-Jk-pij1g",
+        "2026-11-30 06:30:28,214 ERROR chime.push: pushing the end of 1tK17GCZK-j4VkBMRw0y-w failed",
+        "2026-11-30 06:30:28,215 INFO chime: a WARNING word inside an INFO line is not one",
+        "Srv 0 2026-11-30 06:30:21 +0000 ERROR: Sanic's own format counts too",
+    ])
+    found = log_problems(log)
+    assert found["server_log_problems"] == 4
+    assert found["server_log_problem_kinds"]["WARNING chime.limits: could not give back a running slot of …"] == 2
+
+
 def test_the_store_options_name_one_row_per_store_and_process_count() -> None:
     assert parse([]).stores == (SQLITE,)
     args = parse(["--store", "sqlite", "--store", "redis", "--processes", "1,2,4"])
@@ -135,6 +151,8 @@ async def test_redis_rows_with_one_and_two_processes_count_every_token_and_redis
         assert (row["delivered"], row["lost"], row["duplicated"], row["out_of_order"]) == (80, 0, 0, 0)
         assert row["failed_streams"] == 0 and row["endings"] == {"done": 4} and row["p99_ms"] is not None
         assert {"p99_head_ms", "p99_mid_ms", "p99_tail_ms", "other_cpu_pct", "interrupts_cpu_pct"} <= row.keys()
+    for row in rows[1:]:
+        assert isinstance(row["server_log_problems"], int) and "server_log_problem_kinds" in row
     sqlite, redis1, redis2 = rows[1:]
     assert sqlite["redis_us_per_token"] is None and sqlite["redis_peak_rss_mb"] is None
     for row in (redis1, redis2):

@@ -5,7 +5,12 @@ server's whole process tree, ``busiest%`` its busiest process (the event loop, o
 busiest worker), ``redis CPU%`` the Redis of the row, ``irq CPU%`` the machine's
 interrupt and softirq time (accounted to no process; loopback TCP's receive path runs
 there), ``other CPU%`` every other process on the machine (another job's load, which
-makes the row's figures suspect).
+makes the row's figures suspect). ``p99 1st s``/``mid``/``last s``: p99 of the tokens
+emitted in the first second, the last second and between (the stream rows start and end
+every stream together: a stall at the start or the end shows apart from the steady
+state). ``log warn``: warnings and errors in the server's log over its life. The JSON
+also has each server process's CPU% and sockets (``server_process_cpu_pct``,
+``server_process_sockets``: how the kernel spread the connections over the workers).
 """
 
 from __future__ import annotations

@@ -185,6 +185,11 @@ class Counters(Protocol):
         ...
 
 
+UNRESERVE_ATTEMPTS = 8  # 0.5 + 1 + 2 + 4 + 8 + 15 + 15 s of waiting between them: about 45 s
+UNRESERVE_RETRY_FIRST_S = 0.5
+UNRESERVE_RETRY_MAX_S = 15.0
+
+
 class SharedLimits(Limits):
     """The same limits counted across every process of the service (API.md: limits count across
     all of them). A running slot is held from the submission until its generation ends."""
@@ -229,11 +234,19 @@ class SharedLimits(Limits):
                              f"try again in {retry_after_s} s.", retry_after_s)
 
     async def _unreserve(self, user_id: str) -> None:
-        try:
-            await self.counters.unreserve(user_id)
-        except Exception:
-            # Counted until this process's lease runs out, like the slots of a dead process.
-            log.warning("could not give back a running slot of %s", user_id, exc_info=True)
+        """Give a slot back, trying again for about a minute: a slot never given back would
+        count against its user for as long as this process lives."""
+        delay_s = UNRESERVE_RETRY_FIRST_S
+        for attempt in range(UNRESERVE_ATTEMPTS):
+            try:
+                await self.counters.unreserve(user_id)
+                return
+            except Exception:
+                if attempt == UNRESERVE_ATTEMPTS - 1:
+                    log.warning("could not give back a running slot of %s", user_id, exc_info=True)
+                    return
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, UNRESERVE_RETRY_MAX_S)
 
     def _unreserve_later(self, user_id: str) -> None:
         task = asyncio.get_running_loop().create_task(self._unreserve(user_id))

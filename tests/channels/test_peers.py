@@ -177,3 +177,27 @@ async def test_the_slots_of_a_dead_process_stop_counting(redis: RedisServer) -> 
     finally:
         await one.peers.close()
         await dying.peers.close()
+
+
+async def test_a_thousand_answers_ending_together_give_back_every_slot_and_claim(
+        processes: tuple[Process, Process], redis: RedisServer) -> None:
+    one, _ = processes
+    limits = shared_limits(one, max_running=2000, per_minute=2000, max_total=5000)
+    users = [f"user-{n}" for n in range(1000)]
+    generations = [asyncio.get_running_loop().create_future() for _ in users]
+
+    async def start(user: str, generation: asyncio.Future[None]) -> None:
+        async with limits.admitted(user) as slot:
+            await one.peers.claim(f"channel-{user}")
+            slot.keep_until(generation)
+
+    await asyncio.gather(*(start(user, generation) for user, generation in zip(users, generations, strict=True)))
+    for generation in generations:  # every answer ends at once
+        generation.set_result(None)
+    ended = await asyncio.gather(*(one.peers.release(f"channel-{user}") for user in users),
+                                 *(one.presence.watched_anywhere(f"channel-{user}") for user in users))
+    assert not any(ended[len(users):])
+    with redis.client() as client:
+        await async_wait_until(lambda: client.hlen(f"peers-test:slots:{one.peers.id}") == 0, 10,
+                               "every slot to be given back")
+        assert client.hlen("peers-test:owners") == 0

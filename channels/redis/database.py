@@ -57,6 +57,9 @@ BUSY_REPLIES = frozenset({"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUS
                           "NOREPLICAS", "MISCONF"})
 
 
+# Connections for commands (reads and write rounds); more callers at once wait for one.
+POOL_CONNECTIONS = 32
+
 class Refused(Exception):
     """A record script refused the write (a taken id, an unknown user or conversation); nothing changed."""
 
@@ -124,9 +127,16 @@ class RedisDatabase:
         """A client of this store's Redis; ``socket_timeout=None`` for one that blocks (pub/sub)."""
         # TCP keepalive finds a connection whose peer vanished (a lost host) that nothing is sent on.
         tcp: dict[str, Any] = {} if self.url.startswith("unix:") else {"socket_keepalive": True}
-        return redis.asyncio.Redis.from_url(
-            self.url, socket_timeout=socket_timeout, socket_connect_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 0), decode_responses=False, **tcp)
+        if socket_timeout is None:
+            return redis.asyncio.Redis.from_url(
+                self.url, socket_timeout=None, socket_connect_timeout=self.timeout_s,
+                retry=Retry(NoBackoff(), 0), decode_responses=False, **tcp)
+        # A bounded pool whose callers wait (within the deadline) for a free connection:
+        # redis-py's default pool raises past 100 at once, which a burst of readers reaches.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            self.url, max_connections=POOL_CONNECTIONS, timeout=self.timeout_s, socket_timeout=socket_timeout,
+            socket_connect_timeout=self.timeout_s, retry=Retry(NoBackoff(), 0), decode_responses=False, **tcp)
+        return redis.asyncio.Redis(connection_pool=pool)
 
     @property
     def _r(self) -> redis.asyncio.Redis:

@@ -164,7 +164,8 @@ class _Batch:
 
 
 class RedisPeers:
-    """This process's lease, its claims, and cancels routed between processes."""
+    """This process among the others on one Redis: its lease and claims, cancels routed to the
+    owner, and the presence and limits counted across processes (see the module docstring)."""
 
     def __init__(self, url: str, on_cancel: Callable[[str], object], *, prefix: str = "chime",
                  ttl_s: float = 5.0):
@@ -246,7 +247,7 @@ class RedisPeers:
     async def agreed_value(self, name: str, make: Callable[[], bytes]) -> bytes:
         """The value every process uses for ``name``: the first one stored wins (``make`` gives
         this process's candidate), kept in Redis like the rest of the service's data."""
-        key = f"{self._lease_prefix.removesuffix('peer:')}shared:{name}"
+        key = f"{self._prefix}:shared:{name}"
         await self._call(self._redis.set(key, make(), nx=True))
         value: bytes | None = await self._call(self._redis.get(key))
         if value is None:

@@ -13,7 +13,6 @@ from bench.arrivals import Arrivals, Submissions
 from bench.clients import Tally, Totals
 from bench.run import UpstreamProcess, parse
 from bench.scenarios import SQLITE, Bench, Replay, Store, Streams, log_problems, stop
-from tests.support import redis_server
 
 
 def feed(tally: Tally, seqs: list[int], emitted_ns: int = 1_000, received_ns: int = 3_000) -> None:
@@ -137,7 +136,6 @@ def test_the_store_options_name_one_row_per_store_and_process_count() -> None:
         parse(["--store", "redis", "--processes", "0"])
 
 
-@pytest.mark.skipif(not redis_server.available(), reason=f"no {redis_server.REDIS_SERVER}")
 async def test_redis_rows_with_one_and_two_processes_count_every_token_and_redis_on_its_own() -> None:
     stores = (SQLITE, Store("redis", 1), Store("redis", 2))
     with UpstreamProcess() as upstream, tempfile.TemporaryDirectory() as work:

@@ -26,8 +26,6 @@ from tests.support import redis_server
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import async_wait_until
 
-pytestmark = pytest.mark.skipif(not redis_server.available(), reason=f"no {redis_server.REDIS_SERVER}")
-
 DEADLINE_S = 10.0
 FAR_FUTURE_MS = 10**15  # a script deadline that never passes
 

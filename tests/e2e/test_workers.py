@@ -22,7 +22,6 @@ import httpx
 import pytest
 
 from tests.e2e.channel_clients import SseStream, parse_sse_lines
-from tests.support import redis_server
 from tests.support.redis_server import RedisServer
 from tests.support.server import ROOT, ServerProcess, free_port
 from tests.support.waiting import async_wait_until, wait_until
@@ -86,8 +85,6 @@ class WorkersServer(ServerProcess):
 
 @pytest.fixture
 def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if not redis_server.available():
-        pytest.skip(f"no {redis_server.REDIS_SERVER}")
     with RedisServer(tmp_path / "redis") as server:
         yield server
 

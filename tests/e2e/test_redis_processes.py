@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -30,32 +30,49 @@ SLACK_S = 3.0
 
 
 class Service:
-    def __init__(self, redis: RedisServer, servers: list[ServerProcess]):
+    """One Redis and the processes started on it."""
+
+    def __init__(self, redis: RedisServer):
         self.redis = redis
-        self.servers = servers
+        self.servers: list[ServerProcess] = []
 
     def reader(self, index: int, token: str | None = None) -> Reader:
         return Reader(self.servers[index], token)
 
+    def stop(self) -> None:
+        for server in self.servers:
+            server.__exit__()
+        self.redis.stop()
 
-def start_processes(tmp_path: Path, redis: RedisServer, count: int, **env: str) -> list[ServerProcess]:
-    return [ServerProcess(tmp_path / f"data-{index}", {
-        "CHIME_REDIS_URL": redis.url, "CHIME_LEASE_S": str(LEASE_S), "CHIME_DEMO_DELAY_MS": "2", **env,
-    }).start() for index in range(count)]
+
+MakeService = Callable[..., Service]
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:
+def make_service(tmp_path: Path) -> Iterator[MakeService]:
+    """``make_service(count, appendfsync=None, **env)``: a Redis (AOF on with ``appendfsync``) and
+    ``count`` processes on it, every one stopped at the end of the test."""
+    made: list[Service] = []
+
+    def make(count: int, *, appendfsync: str | None = None, **env: str) -> Service:
+        service = Service(RedisServer(tmp_path / f"redis-{len(made)}", appendonly=appendfsync is not None,
+                                      appendfsync=appendfsync or "everysec").start())
+        made.append(service)
+        for index in range(count):
+            service.servers.append(ServerProcess(tmp_path / f"data-{len(made)}-{index}", {
+                "CHIME_REDIS_URL": service.redis.url, "CHIME_LEASE_S": str(LEASE_S), "CHIME_DEMO_DELAY_MS": "2",
+                **env}).start())
+        return service
+
+    yield make
+    for service in made:
+        service.stop()
+
+
+@pytest.fixture
+def service(make_service: MakeService) -> Service:
     # appendfsync always: every event is on disk before any client is sent it.
-    redis = RedisServer(tmp_path / "redis", appendonly=True, appendfsync="always").start()
-    servers: list[ServerProcess] = []
-    try:
-        servers = start_processes(tmp_path, redis, 3)
-        yield Service(redis, servers)
-    finally:
-        for server in servers:
-            server.__exit__()
-        redis.stop()
+    return make_service(3, appendfsync="always")
 
 
 def test_an_answer_submitted_on_one_process_is_read_resumed_and_listed_on_the_others(service: Service) -> None:
@@ -82,9 +99,8 @@ def test_an_answer_submitted_on_one_process_is_read_resumed_and_listed_on_the_ot
             reader.close()
 
 
-def test_a_reader_on_another_process_gets_every_event_live_as_it_is_generated(tmp_path: Path) -> None:
-    redis = RedisServer(tmp_path / "redis").start()
-    servers = start_processes(tmp_path, redis, 2, CHIME_DEMO_DELAY_MS="40")
+def test_a_reader_on_another_process_gets_every_event_live_as_it_is_generated(make_service: MakeService) -> None:
+    servers = make_service(2, CHIME_DEMO_DELAY_MS="40").servers
     a, b = Reader(servers[0]), None
     try:
         b = Reader(servers[1], a.token)
@@ -99,14 +115,10 @@ def test_a_reader_on_another_process_gets_every_event_live_as_it_is_generated(tm
         a.close()
         if b is not None:
             b.close()
-        for server in servers:
-            server.__exit__()
-        redis.stop()
 
 
-def test_cancel_and_delete_through_another_process(tmp_path: Path) -> None:
-    redis = RedisServer(tmp_path / "redis").start()
-    servers = start_processes(tmp_path, redis, 3, CHIME_DEMO_DELAY_MS="200")
+def test_cancel_and_delete_through_another_process(make_service: MakeService) -> None:
+    servers = make_service(3, CHIME_DEMO_DELAY_MS="200").servers
     a = Reader(servers[0])
     b, c = Reader(servers[1], a.token), Reader(servers[2], a.token)
     try:
@@ -127,14 +139,10 @@ def test_cancel_and_delete_through_another_process(tmp_path: Path) -> None:
     finally:
         for reader in (a, b, c):
             reader.close()
-        for server in servers:
-            server.__exit__()
-        redis.stop()
 
 
-def test_a_process_killed_mid_answer_has_it_ended_server_lost_by_a_live_one(tmp_path: Path) -> None:
-    redis = RedisServer(tmp_path / "redis").start()
-    servers = start_processes(tmp_path, redis, 3, CHIME_DEMO_DELAY_MS="200")
+def test_a_process_killed_mid_answer_has_it_ended_server_lost_by_a_live_one(make_service: MakeService) -> None:
+    servers = make_service(3, CHIME_DEMO_DELAY_MS="200").servers
     a = Reader(servers[0])
     b = Reader(servers[1], a.token)
     try:
@@ -157,9 +165,6 @@ def test_a_process_killed_mid_answer_has_it_ended_server_lost_by_a_live_one(tmp_
     finally:
         a.close()
         b.close()
-        for server in servers:
-            server.__exit__()
-        redis.stop()
 
 
 def test_a_redis_crash_and_restart_with_aof_loses_nothing_a_client_saw(service: Service) -> None:
@@ -194,9 +199,8 @@ def _healthy(http: httpx.Client) -> bool:
         return False
 
 
-def test_the_push_decision_counts_readers_on_every_process(tmp_path: Path) -> None:
-    redis = RedisServer(tmp_path / "redis").start()
-    servers = start_processes(tmp_path, redis, 3, **{**PUSH_ENV, "CHIME_DEMO_DELAY_MS": "30"})
+def test_the_push_decision_counts_readers_on_every_process(make_service: MakeService) -> None:
+    servers = make_service(3, **{**PUSH_ENV, "CHIME_DEMO_DELAY_MS": "30"}).servers
     a, b, c = (User(server) for server in servers)
     b.http.headers["Authorization"] = c.http.headers["Authorization"] = a.http.headers["Authorization"]
     b.token = c.token = a.token
@@ -222,15 +226,11 @@ def test_the_push_decision_counts_readers_on_every_process(tmp_path: Path) -> No
     finally:
         for user in (a, b, c):
             user.close()
-        for server in servers:
-            server.__exit__()
-        redis.stop()
 
 
-def test_limits_count_across_processes(tmp_path: Path) -> None:
-    redis = RedisServer(tmp_path / "redis").start()
-    servers = start_processes(tmp_path, redis, 2, CHIME_DEMO_DELAY_MS="200", CHIME_MAX_RUNNING_PER_USER="1",
-                              CHIME_NEW_USERS_PER_MINUTE="3")
+def test_limits_count_across_processes(make_service: MakeService) -> None:
+    servers = make_service(2, CHIME_DEMO_DELAY_MS="200", CHIME_MAX_RUNNING_PER_USER="1",
+                              CHIME_NEW_USERS_PER_MINUTE="3").servers
     a = Reader(servers[0])  # the first new user from this address
     b = Reader(servers[1], a.token)
     try:
@@ -246,14 +246,11 @@ def test_limits_count_across_processes(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
-        for server in servers:
-            server.__exit__()
-        redis.stop()
 
 
-def test_a_hung_redis_is_a_clean_503_within_seconds_and_service_comes_back(tmp_path: Path) -> None:
-    redis = RedisServer(tmp_path / "redis").start()
-    [server] = start_processes(tmp_path, redis, 1)
+def test_a_hung_redis_is_a_clean_503_within_seconds_and_service_comes_back(make_service: MakeService) -> None:
+    service = make_service(1)
+    redis, [server] = service.redis, service.servers
     reader = Reader(server)
     try:
         redis.pause()  # holds every connection and answers nothing
@@ -270,5 +267,3 @@ def test_a_hung_redis_is_a_clean_503_within_seconds_and_service_comes_back(tmp_p
         assert [e["id"] for e in events] == list(range(1, len(events) + 1)) and events[-1]["event"] == "done"
     finally:
         reader.close()
-        server.__exit__()
-        redis.stop()

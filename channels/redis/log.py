@@ -33,13 +33,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis.exceptions
 
+from channels.appends import AppendQueue, ChannelLog, Pending
 from channels.events import META, TERMINAL_TYPES, Event
 from channels.redis.database import CONNECTION_ERRORS, TIMEOUT_S, RedisDatabase, busy_reply, unavailable
 from channels.redis.scripts import APPEND, CLOSED, CONFLICT, CREATE, LATE, STORED, UNKNOWN
@@ -47,8 +46,6 @@ from channels.redis.watch import Watches
 from channels.store import (
     ChannelClosed,
     ChannelRecord,
-    CommitListener,
-    FailureListener,
     StoreUnavailable,
     UnknownChannel,
     utc_now,
@@ -73,23 +70,6 @@ MAX_STREAM_ID = 2**64 - 1
 _TYPE_NAMES = {name.encode(): name for name in (META, "delta", "usage", *TERMINAL_TYPES)}
 
 
-@dataclass(slots=True)
-class _Pending:
-    event: Event
-    future: asyncio.Future[Event] | None  # resolved with the event as committed
-    revealed: bool  # its id is known outside (``wait=False`` returned it): it can never change
-
-
-class _ChannelLog:
-    """What the flusher knows of a running channel it appends to: two fields, however long the answer."""
-
-    __slots__ = ("next_id", "closed")
-
-    def __init__(self, next_id: int, closed: bool = False) -> None:
-        self.next_id = next_id
-        self.closed = closed
-
-
 class _Retry(Exception):
     """One channel's batch was not run (its script not loaded, its deadline passed, Redis busy)."""
 
@@ -107,20 +87,14 @@ _SENT_AGAIN: tuple[type[BaseException], ...] = (_Retry, *CONNECTION_ERRORS)
 _PREPARE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis.exceptions.ResponseError)
 
 
-class RedisLog(RedisDatabase):
+class RedisLog(RedisDatabase, AppendQueue):
     """``EventLog`` in Redis: two small fields per running channel, one queue of pending events."""
 
     def __init__(self, url: str, *, prefix: str = "chime", timeout_s: float = TIMEOUT_S,
                  recovery_s: float = RECOVERY_S) -> None:
-        super().__init__(url, prefix=prefix, timeout_s=timeout_s)
+        RedisDatabase.__init__(self, url, prefix=prefix, timeout_s=timeout_s)
+        AppendQueue.__init__(self, MAX_UNAWAITED_BACKLOG)
         self.recovery_s = recovery_s
-        self.on_commit: CommitListener | None = None
-        self.on_failure: FailureListener | None = None
-        self._logs: dict[str, _ChannelLog] = {}
-        self._pending: list[_Pending] = []
-        self._in_flight: list[_Pending] = []  # the round being sent: deletions wait for it as for the queue
-        self._failures: dict[str, BaseException] = {}  # raised by the channel's next append
-        self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
         self._watches = Watches(self)
@@ -159,17 +133,11 @@ class RedisLog(RedisDatabase):
         await self._script(CREATE, {"origin": self.origin, "now": now, "channel": channel_id, "user": user_id,
                                     "conversation": conversation_id, "model": model,
                                     "meta": meta.data_json.decode(), **records})
-        self._logs[channel_id] = _ChannelLog(meta.id + 1)
+        self._logs[channel_id] = ChannelLog(meta.id + 1)
         self.commits += 1
         self.committed_events += 1
         self._tell([[meta]])
         return meta
-
-    def _forget(self, channels: Sequence[str]) -> None:
-        """Deleted channels: an append from now on finds no channel."""
-        for channel in channels:
-            self._logs.pop(channel, None)
-            self._failures.pop(channel, None)
 
     # ---- reading ---------------------------------------------------------
 
@@ -224,30 +192,7 @@ class RedisLog(RedisDatabase):
 
     # ---- appending: the group commit -------------------------------------
 
-    async def append(self, channel_id: str, type: str, data: dict[str, Any], *, wait: bool = True) -> Event:
-        """See ``EventLog.append``; ``wait=False`` returns once the event is queued (not for terminals)."""
-        failure = self._failures.pop(channel_id, None)
-        if failure is not None:
-            raise failure
-        log_ = self._logs.get(channel_id)
-        if log_ is None:
-            log_ = await self._load_log(channel_id)
-        if log_.closed:
-            raise ChannelClosed(channel_id)
-        event = Event.make(channel_id, log_.next_id, type, data)
-        log_.next_id += 1
-        if type in TERMINAL_TYPES:
-            log_.closed = True
-        elif not wait and len(self._pending) < MAX_UNAWAITED_BACKLOG:
-            self._pending.append(_Pending(event, None, True))
-            self._wake.set()
-            return event
-        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(event, future, False))
-        self._wake.set()
-        return await future
-
-    async def _load_log(self, channel_id: str) -> _ChannelLog:
+    async def _load_log(self, channel_id: str) -> ChannelLog:
         state: list[bytes | None] = await self._read(lambda r: r.hmget(self.keys.channel(channel_id), "status",
                                                                        "last"))
         status, last = state
@@ -256,25 +201,7 @@ class RedisLog(RedisDatabase):
         if status != b"running":  # kept out of ``_logs``: an ended channel needs no entry there
             raise ChannelClosed(channel_id)
         # Another append may have loaded it while this one waited.
-        return self._logs.setdefault(channel_id, _ChannelLog(int(last or 0) + 1))
-
-    async def _flush_channels(self, channels: set[str]) -> None:
-        """Wait until every pending event of these channels is committed (or failed).
-
-        Rounds go in order, so each channel's last pending event is enough; one
-        queued with ``wait=False`` gets a future here.
-        """
-        last: dict[str, _Pending] = {}
-        for pending in (*self._in_flight, *self._pending):
-            if pending.event.channel in channels:
-                last[pending.event.channel] = pending
-        waits: list[asyncio.Future[Event]] = []
-        for pending in last.values():
-            if pending.future is None:
-                pending.future = asyncio.get_running_loop().create_future()
-            waits.append(pending.future)
-        if waits:
-            await asyncio.gather(*waits, return_exceptions=True)
+        return self._logs.setdefault(channel_id, ChannelLog(int(last or 0) + 1))
 
     async def _flush_loop(self) -> None:
         while True:
@@ -287,14 +214,14 @@ class RedisLog(RedisDatabase):
                     await self._commit(batch)
                 except Exception as exc:  # a bug here must not stop every later commit
                     log.exception("a round of %d events failed", len(batch))
-                    self._fail(self._by_channel(batch), exc)
+                    self._fail(batch, exc)
                 self._in_flight = []
             if self._closing:
                 return
 
     @staticmethod
-    def _by_channel(batch: list[_Pending]) -> dict[str, list[_Pending]]:
-        groups: dict[str, list[_Pending]] = {}
+    def _by_channel(batch: list[Pending]) -> dict[str, list[Pending]]:
+        groups: dict[str, list[Pending]] = {}
         for pending in batch:
             group = groups.get(pending.event.channel)
             if group is None:
@@ -303,15 +230,15 @@ class RedisLog(RedisDatabase):
                 group.append(pending)
         return groups
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[Pending]) -> None:
         """One round: every channel's batch in one round trip, sent again until its outcome is known."""
         groups = self._by_channel(batch)
         give_up_at: float | None = None
         backoff_s = RECOVERY_BACKOFF_S
         while groups:
             replies = await self._send(groups)
-            stored: list[list[_Pending]] = []
-            again: dict[str, list[_Pending]] = {}
+            stored: list[list[Pending]] = []
+            again: dict[str, list[Pending]] = {}
             failed: dict[str, BaseException] = {}
             for (channel, group), reply in zip(groups.items(), replies, strict=True):
                 try:
@@ -325,9 +252,9 @@ class RedisLog(RedisDatabase):
                         again[channel] = group
                         failed[channel] = exc
                     else:
-                        self._fail({channel: group}, exc)
+                        self._fail(group, exc)
                 except Exception as exc:
-                    self._fail({channel: group}, exc)
+                    self._fail(group, exc)
             if stored:
                 self._committed(stored)
             groups = again
@@ -359,7 +286,7 @@ class RedisLog(RedisDatabase):
         except _PREPARE_ERRORS:
             pass
 
-    async def _send(self, groups: dict[str, list[_Pending]]) -> list[Any]:
+    async def _send(self, groups: dict[str, list[Pending]]) -> list[Any]:
         """Run the append script over every channel's batch, in one round trip; the reply for
         each channel, in the order of ``groups``: ``(status, last id)`` or an exception."""
         keys: list[str] = [self.keys.running]
@@ -402,7 +329,7 @@ class RedisLog(RedisDatabase):
         assert status == CONFLICT, reply
         raise _Conflict(channel, last)
 
-    def _renumber(self, channel: str, group: list[_Pending], last: int) -> bool:
+    def _renumber(self, channel: str, group: list[Pending], last: int) -> bool:
         """Give ``group`` (and the channel's events queued behind it) the ids after ``last``,
         the stored last id, unless one of their ids is known already; whether it did.
 
@@ -423,7 +350,7 @@ class RedisLog(RedisDatabase):
             log_.next_id = next_id
         return True
 
-    def _committed(self, groups: list[list[_Pending]]) -> None:
+    def _committed(self, groups: list[list[Pending]]) -> None:
         self.commits += 1
         self.committed_events += sum(len(group) for group in groups)
         self._tell([[p.event for p in group] for group in groups])
@@ -453,32 +380,8 @@ class RedisLog(RedisDatabase):
             except Exception:
                 log.exception("on_commit listener failed")
 
-    def _give_up(self, groups: dict[str, list[_Pending]], exc: StoreUnavailable) -> None:
+    def _give_up(self, groups: dict[str, list[Pending]], exc: StoreUnavailable) -> None:
         """Redis stayed out of reach for ``recovery_s``: these, and every event waiting, fail."""
-        waiting = self._by_channel(self._pending)
+        doomed = [p for group in groups.values() for p in group] + self._pending
         self._pending = []
-        for channel, group in waiting.items():
-            groups.setdefault(channel, []).extend(group)
-        self._fail(groups, exc)
-
-    def _fail(self, groups: dict[str, list[_Pending]], exc: BaseException) -> None:
-        """Batches that were not stored: their channels' queued events go too, so ids keep no gaps."""
-        failed = set(groups)
-        doomed = [p for group in groups.values() for p in group] + [p for p in self._pending
-                                                                     if p.event.channel in failed]
-        self._pending = [p for p in self._pending if p.event.channel not in failed]
-        for channel in failed:
-            self._logs.pop(channel, None)  # read the true next id from Redis again
-        told = set()
-        for p in doomed:
-            if p.future is not None:
-                told.add(p.event.channel)
-                if not p.future.done():
-                    p.future.set_exception(exc)
-        for channel in failed - told:  # nobody awaited these: the channel's next append hears it
-            self._failures[channel] = exc
-        if self.on_failure is not None:
-            try:
-                self.on_failure(failed)
-            except Exception:
-                log.exception("on_failure listener failed")
+        self._fail(doomed, exc)

@@ -19,20 +19,18 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Unpack
 
 import orjson
 
-from channels.events import META, TERMINAL_TYPES, Event
+from channels.appends import AppendQueue, ChannelLog, Pending
+from channels.events import META, Event
 from channels.sqlite.database import Database, Statement, Tuning
 from channels.sqlite.writer import SQL_DELTAS, WriterGone
 from channels.store import (
     ChannelClosed,
     ChannelRecord,
-    CommitListener,
-    FailureListener,
     StoreUnavailable,
     UnknownChannel,
     utc_now,
@@ -88,42 +86,13 @@ MAX_RECOVERIES = 4
 RECOVERY_BACKOFF_S = 0.1
 
 
-@dataclass(slots=True)
-class _Pending:
-    event: Event
-    future: asyncio.Future[None] | None
-
-
-class _ChannelLog:
-    """What the writer knows of a running channel it appends to: two fields, however long the answer.
-
-    The terminal commit joins the answer from the stored deltas in the writer process,
-    so nothing here grows with the answer; the entry goes with the channel's terminal
-    commit, a failed commit, or its deletion.
-    """
-
-    __slots__ = ("next_id", "closed")
-
-    def __init__(self, next_id: int, closed: bool = False) -> None:
-        self.next_id = next_id
-        self.closed = closed
-
-
-class SQLiteLog(Database):
+class SQLiteLog(Database, AppendQueue):
     """``EventLog`` in SQLite: two small fields per running channel, one queue of pending events."""
 
     def __init__(self, path: Path | str, **tuning: Unpack[Tuning]) -> None:
-        super().__init__(path, **tuning)
-        self.on_commit: CommitListener | None = None
-        self.on_failure: FailureListener | None = None
-        self._logs: dict[str, _ChannelLog] = {}
-        self._pending: list[_Pending] = []
-        # The batch the writer has (or is being recovered): deletions wait for it as for the queue.
-        self._in_flight: list[_Pending] = []
+        Database.__init__(self, path, **tuning)
+        AppendQueue.__init__(self, MAX_UNAWAITED_BACKLOG)
         self._recoveries = 0  # unknown outcomes in a row
-        # A failed commit of events nobody awaited is raised by the channel's next append.
-        self._failures: dict[str, BaseException] = {}
-        self._wake = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._closing = False
         self.commits = 0
@@ -165,7 +134,7 @@ class SQLiteLog(Database):
             # The writer died with the transaction: whether it committed is in the database.
             if await self._fetchone(SQL_CHANNEL_STATUS, (channel_id,)) is None:
                 raise
-        self._logs[channel_id] = _ChannelLog(meta.id + 1)
+        self._logs[channel_id] = ChannelLog(meta.id + 1)
         self.commits += 1
         self.committed_events += 1
         self._tell([meta])
@@ -173,12 +142,6 @@ class SQLiteLog(Database):
 
     async def _channels_of(self, conversation_id: str) -> list[str]:
         return [row[0] for row in await self._fetchall(SQL_CHANNELS_OF, (conversation_id,))]
-
-    def _forget(self, channels: list[str]) -> None:
-        """Deleted channels: an append from now on finds no channel."""
-        for channel in channels:
-            self._logs.pop(channel, None)
-            self._failures.pop(channel, None)
 
     # ---- reading ---------------------------------------------------------
 
@@ -208,31 +171,7 @@ class SQLiteLog(Database):
 
     # ---- appending: the group commit -------------------------------------
 
-    async def append(self, channel_id: str, type: str, data: dict[str, Any], *, wait: bool = True) -> Event:
-        """See ``EventLog.append``; ``wait=False`` returns once the event is queued (not for terminals)."""
-        failure = self._failures.pop(channel_id, None)
-        if failure is not None:
-            raise failure
-        log_ = self._logs.get(channel_id)
-        if log_ is None:
-            log_ = await self._load_log(channel_id)
-        if log_.closed:
-            raise ChannelClosed(channel_id)
-        event = Event.make(channel_id, log_.next_id, type, data)
-        log_.next_id += 1
-        if type in TERMINAL_TYPES:
-            log_.closed = True
-        elif not wait and len(self._pending) < MAX_UNAWAITED_BACKLOG:
-            self._pending.append(_Pending(event, None))
-            self._wake.set()
-            return event
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(event, future))
-        self._wake.set()
-        await future
-        return event
-
-    async def _load_log(self, channel_id: str) -> _ChannelLog:
+    async def _load_log(self, channel_id: str) -> ChannelLog:
         row = await self._fetchone(SQL_CHANNEL_STATUS, (channel_id,))
         if row is None:
             raise UnknownChannel(channel_id)
@@ -240,25 +179,7 @@ class SQLiteLog(Database):
             raise ChannelClosed(channel_id)
         (last_id,) = await self._fetchone(SQL_LAST_ID, (channel_id,))
         # Another append may have loaded it while this one waited.
-        return self._logs.setdefault(channel_id, _ChannelLog(last_id + 1))
-
-    async def _flush_channels(self, channels: set[str]) -> None:
-        """Wait until every pending event of these channels is committed.
-
-        Commits go in order, so each channel's last pending event is enough;
-        one queued with ``wait=False`` gets a future here.
-        """
-        last: dict[str, _Pending] = {}
-        for pending in (*self._in_flight, *self._pending):
-            if pending.event.channel in channels:
-                last[pending.event.channel] = pending
-        waits: list[asyncio.Future[None]] = []
-        for pending in last.values():
-            if pending.future is None:
-                pending.future = asyncio.get_running_loop().create_future()
-            waits.append(pending.future)
-        if waits:
-            await asyncio.gather(*waits, return_exceptions=True)
+        return self._logs.setdefault(channel_id, ChannelLog(last_id + 1))
 
     async def _write_loop(self) -> None:
         while True:
@@ -274,7 +195,7 @@ class SQLiteLog(Database):
             if self._closing:
                 return
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[Pending]) -> None:
         events = [p.event for p in batch]
         try:
             await self._write_events(events)
@@ -289,19 +210,19 @@ class SQLiteLog(Database):
         self._recoveries = 0
         self._committed(batch, events)
 
-    def _committed(self, batch: list[_Pending], events: list[Event]) -> None:
+    def _committed(self, batch: list[Pending], events: list[Event]) -> None:
         self.commits += 1
         self.committed_events += len(events)
         self._maybe_checkpoint(len(events))
         self._tell(events)
         for p in batch:
             if p.future and not p.future.done():
-                p.future.set_result(None)
+                p.future.set_result(p.event)
         for event in events:
             if event.terminal:
                 self._logs.pop(event.channel, None)
 
-    async def _recover(self, batch: list[_Pending], gone: Exception) -> None:
+    async def _recover(self, batch: list[Pending], gone: Exception) -> None:
         """The writer died with ``batch`` in flight: complete what it stored, send the rest again.
 
         The transaction either committed or not, so each channel's stored events are a
@@ -351,27 +272,6 @@ class SQLiteLog(Database):
                 self.on_commit(events)
             except Exception:
                 log.exception("on_commit listener failed")
-
-    def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
-        """A batch did not commit: its channels' queued events go too, so ids keep no gaps."""
-        failed = {p.event.channel for p in batch}
-        doomed = batch + [p for p in self._pending if p.event.channel in failed]
-        self._pending = [p for p in self._pending if p.event.channel not in failed]
-        for channel in failed:
-            self._logs.pop(channel, None)  # reload the true next id from the database
-        told = set()
-        for p in doomed:
-            if p.future is not None:
-                told.add(p.event.channel)
-                if not p.future.done():
-                    p.future.set_exception(exc)
-        for channel in failed - told:  # nobody awaited these: the channel's next append hears it
-            self._failures[channel] = exc
-        if self.on_failure is not None:
-            try:
-                self.on_failure(failed)
-            except Exception:
-                log.exception("on_failure listener failed")
 
     async def _write_events(self, events: list[Event]) -> None:
         # No deadline: a group commit's outcome must be known before ids are reused, and the

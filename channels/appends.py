@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from channels.events import TERMINAL_TYPES, Event
+from channels.events import DELTA, TERMINAL_TYPES, Event
 from channels.store import ChannelClosed, CommitListener, FailureListener
 
 log = logging.getLogger("chime.store")
@@ -29,6 +29,7 @@ class Pending:
     event: Event
     future: asyncio.Future[Event] | None  # resolved with the event as committed
     revealed: bool = False  # its id is known outside (``wait=False`` returned it): it can never change
+    text: str = ""  # what it adds to the answer's text: a delta's content
 
 
 class ChannelLog:
@@ -73,14 +74,17 @@ class AppendQueue:
             raise ChannelClosed(channel_id)
         event = Event.make(channel_id, log_.next_id, type, data)
         log_.next_id += 1
+        text = data.get("content", "") if type == DELTA else ""
+        if not isinstance(text, str):
+            text = ""
         if type in TERMINAL_TYPES:
             log_.closed = True
         elif not wait and len(self._pending) < self.max_unawaited:
-            self._pending.append(Pending(event, None, True))
+            self._pending.append(Pending(event, None, True, text))
             self._wake.set()
             return event
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._pending.append(Pending(event, future))
+        self._pending.append(Pending(event, future, False, text))
         self._wake.set()
         return await future
 

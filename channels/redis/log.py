@@ -293,7 +293,7 @@ class RedisLog(RedisDatabase, AppendQueue):
         args: list[Any] = [self.deadline_ms(), self.origin, utc_now()]
         for channel, group in groups.items():
             keys += self.keys.appending(channel)
-            args += (channel, self.keys.wake(channel), group[0].event.id, len(group))
+            args += (channel, group[0].event.id, len(group), "".join([pending.text for pending in group]))
             for pending in group:
                 event = pending.event
                 args += (event.type, event.data_json)

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+import hiredis
 import redis.asyncio
 import redis.asyncio.connection
 
@@ -50,10 +50,14 @@ RECONNECT_MAX_S = 2.0
 CATCH_UP_PAGE_EVENTS = 2_000
 CATCH_UP_RETRY_S = 0.5
 
+# The pub/sub connection reads this much at a time: every message in it is handled in a row.
+READ_SIZE = 256 * 1024
+
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 # What ends the connection: reconnecting is the answer (an error reply here means a confused one).
-_RECONNECT: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis.exceptions.ResponseError)
+_RECONNECT: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS, redis.exceptions.ResponseError, hiredis.ProtocolError)
 
 _TYPE_NAMES = {name.encode(): name for name in (META, "delta", "usage", *TERMINAL_TYPES)}
 
@@ -343,17 +347,38 @@ class Subscriber:
                         await self._conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
                         self._resubscribe()
                     delay_s = RECONNECT_FIRST_S
-                response = await self._conn.read_response(timeout=math.inf, push_request=True)
+                await self._read_until_dropped()
             except _RECONNECT as exc:
                 log.warning("the pub/sub connection to Redis failed: %s; reconnecting in %.2f s", exc, delay_s)
                 await self._conn.disconnect(nowait=True)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, RECONNECT_MAX_S)
-                continue
-            try:
-                self._handle(response)
-            except Exception:  # one bad message must not end every later one
-                log.exception("a pub/sub message from Redis could not be handled: %r", response)
+
+    async def _read_until_dropped(self) -> None:
+        """Hand each message to ``_handle``, every one that one read brought in a row; raise
+        when the connection drops.
+
+        It reads the connection's stream through a hiredis reader of its own, not
+        redis-py's ``read_response``: that costs several coroutine layers and a timeout
+        context per message, and with a thousand streams across processes every event
+        is a message. The stream is set up (and authenticated) by redis-py's ``connect``.
+        """
+        stream = self._conn._reader
+        if stream is None:
+            raise redis.exceptions.ConnectionError("the pub/sub connection is not open")
+        reader = hiredis.Reader(replyError=redis.exceptions.ResponseError)
+        while True:
+            data = await stream.read(READ_SIZE)
+            if not data:
+                raise redis.exceptions.ConnectionError("Redis closed the pub/sub connection")
+            reader.feed(data)
+            while (response := reader.gets()) is not False:
+                if isinstance(response, redis.exceptions.ResponseError):
+                    raise response
+                try:
+                    self._handle(response)
+                except Exception:  # one bad message must not end every later one
+                    log.exception("a pub/sub message from Redis could not be handled: %r", response)
 
     def _resubscribe(self) -> None:
         """A new connection: every wanted name is subscribed again, and nothing else queued counts."""

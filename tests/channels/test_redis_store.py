@@ -86,7 +86,7 @@ async def run_append(store: RedisStore, batches: list[tuple[str, int, list[tuple
     args: list[Any] = [deadline_ms, "test-origin", "2026-01-01T00:00:00.000Z"]
     for channel, first, events in batches:
         keys += store.keys.appending(channel)
-        args += [channel, store.keys.wake(channel), first, len(events)]
+        args += [channel, first, len(events), "".join(data["content"] for type_, data in events if type_ == DELTA)]
         for type_, data in events:
             args += [type_, orjson.dumps(data)]
     reply: list[Any] = await store._r.evalsha(APPEND.sha, len(keys), *keys, *args)

@@ -22,7 +22,9 @@ What it tells, per channel, is each event once, in id order, none missed:
 
 Pub/sub gives wake-ups without history and costs Redis nothing per event per
 reader, unlike a ``XREAD BLOCK`` per reader (``ECOSYSTEM.md``). The connection
-has no socket timeout (redis-py #2807): it waits for messages as long as it takes.
+has no socket timeout (redis-py #2807): it waits for messages as long as it takes,
+and is sent a PING when it has been quiet for a while (``HEARTBEAT_S``), so a
+connection dropped without a word is noticed within seconds.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ CATCH_UP_RETRY_S = 0.5
 
 # The pub/sub connection reads this much at a time: every message in it is handled in a row.
 READ_SIZE = 256 * 1024
+# A pub/sub connection quiet this long is sent a PING; one whose PING gets no answer within the
+# store's timeout is taken for dropped without a word (a middlebox that forgets idle connections
+# sends none) and is replaced. TCP keepalive alone would take its system's two hours to notice.
+HEARTBEAT_S = 5.0
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -133,7 +139,7 @@ class Watches:
             self._by_name[name] = watch
             if self._subscriber is None:
                 self._subscriber = Subscriber(self._store.connect(socket_timeout=None), self._on_message,
-                                              self._on_live)
+                                              self._on_live, reply_s=self._store.timeout_s)
             self._subscriber.subscribe(name)
         else:
             watch.refs += 1
@@ -284,14 +290,17 @@ class Subscriber:
     ``on_live(name)`` is called when the latest SUBSCRIBE sent for ``name`` is
     confirmed (and after each reconnect), ``on_message(name, payload)`` for each
     message. Commands are sent by one task, never while the connection is being
-    set up.
+    set up. A connection quiet for ``HEARTBEAT_S`` is sent a PING, and replaced
+    when nothing answers within ``reply_s``.
     """
 
     def __init__(self, client: redis.asyncio.Redis, on_message: Callable[[bytes, bytes], None],
-                 on_live: Callable[[bytes], None]) -> None:
+                 on_live: Callable[[bytes], None], *, reply_s: float) -> None:
         self._client = client
         self._on_message = on_message
         self._on_live = on_live
+        self._reply_s = reply_s
+        self._heard_at = 0.0  # event-loop time of the last bytes read on the current connection
         self._conn: redis.asyncio.connection.AbstractConnection = (
             client.connection_pool.make_connection())  # type: ignore[no-untyped-call]  # unannotated in redis-py
         self._wanted: set[bytes] = set()
@@ -303,7 +312,8 @@ class Subscriber:
         self._lock = asyncio.Lock()  # held while connecting (its handshake) and while sending
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read_loop(), name="chime-store-pubsub"),
-                       loop.create_task(self._send_loop(), name="chime-store-pubsub-send")]
+                       loop.create_task(self._send_loop(), name="chime-store-pubsub-send"),
+                       loop.create_task(self._heartbeat_loop(), name="chime-store-pubsub-heartbeat")]
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -367,10 +377,13 @@ class Subscriber:
         if stream is None:
             raise redis.exceptions.ConnectionError("the pub/sub connection is not open")
         reader = hiredis.Reader(replyError=redis.exceptions.ResponseError)
+        loop = asyncio.get_running_loop()
+        self._heard_at = loop.time()
         while True:
             data = await stream.read(READ_SIZE)
             if not data:
                 raise redis.exceptions.ConnectionError("Redis closed the pub/sub connection")
+            self._heard_at = loop.time()
             reader.feed(data)
             while (response := reader.gets()) is not False:
                 if isinstance(response, redis.exceptions.ResponseError):
@@ -380,6 +393,22 @@ class Subscriber:
                 except Exception:  # one bad message must not end every later one
                     log.exception("a pub/sub message from Redis could not be handled: %r", response)
 
+    async def _heartbeat_loop(self) -> None:
+        """PING a connection quiet for ``HEARTBEAT_S``; drop it when the answer does not come
+        within ``reply_s`` (the read loop then reconnects and every watch catches up)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            if not self._conn.is_connected or loop.time() - self._heard_at < HEARTBEAT_S:
+                continue
+            asked_at = loop.time()
+            self._queue(b"PING")
+            await asyncio.sleep(self._reply_s)
+            if self._heard_at < asked_at and self._conn.is_connected:
+                log.warning("the pub/sub connection to Redis did not answer a PING within %.1f s; "
+                            "replacing it", self._reply_s)
+                await self._conn.disconnect(nowait=True)
+
     def _resubscribe(self) -> None:
         """A new connection: every wanted name is subscribed again, and nothing else queued counts."""
         self._outbox = [(b"SUBSCRIBE", *self._wanted)] if self._wanted else []
@@ -388,6 +417,8 @@ class Subscriber:
         self._outbox_ready.set()
 
     def _handle(self, response: Any) -> None:
+        if not isinstance(response, list):
+            return  # PONG outside subscribed mode: the heartbeat's answer, heard already
         kind, name = response[0], response[1]
         if kind == b"message":
             if name in self._wanted:

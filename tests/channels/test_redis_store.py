@@ -17,12 +17,13 @@ import redis
 import redis.exceptions
 
 from channels.events import DELTA, DONE, INTERRUPTED, META, USAGE, Event
-from channels.redis import RedisStore
+from channels.redis import RedisStore, watch
 from channels.redis.database import Refused
 from channels.redis.scripts import APPEND, CLOSED, CONFLICT, CREATE, LATE, STORED, UNKNOWN
 from channels.store import ChannelClosed, NewAnswer, StoreUnavailable, UnknownChannel
 from tests.channels.stores import new_channel, new_id, new_user, record_of
 from tests.support import redis_server
+from tests.support.proxy import TcpProxy
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import async_wait_until
 
@@ -316,6 +317,36 @@ async def test_a_dropped_pubsub_connection_is_caught_up(store: RedisStore, other
     await other.append(channel, DONE, {"finish_reason": "stop"})
     await async_wait_until(lambda: heard.of(channel)[-1:] == [22], DEADLINE_S, "the terminal event")
     assert heard.of(channel) == list(range(2, 23))
+
+
+async def test_a_pubsub_connection_that_goes_silent_is_replaced_and_caught_up(
+        location: Path, other: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A middlebox forgets the connection: no reset, no data. The heartbeat notices within
+    seconds (TCP keepalive would take hours) and the watch catches up from the stream."""
+    monkeypatch.setattr(watch, "HEARTBEAT_S", 0.2)
+    shared = redis_server.shared_server()
+    with TcpProxy(shared.port) as proxy:
+        store = RedisStore(f"redis://127.0.0.1:{proxy.port}/0", prefix=redis_server.prefix_for(location),
+                           timeout_s=1.0)
+        await store.open()
+        try:
+            channel = await new_channel(other)
+            heard = Heard()
+            store.on_commit = heard
+            await store.watch(channel)
+            await other.append(channel, DELTA, {"content": "before"})
+            await async_wait_until(lambda: heard.of(channel) == [2], DEADLINE_S, "the first event")
+            connections = proxy.connections_total
+            assert proxy.silence_all() >= 1
+            for n in range(5):  # lost on the silent connection: caught up from the stream
+                await other.append(channel, DELTA, {"content": str(n)})
+            await async_wait_until(lambda: proxy.connections_total > connections, DEADLINE_S,
+                                   "a new pub/sub connection")
+            await other.append(channel, DONE, {"finish_reason": "stop"})
+            await async_wait_until(lambda: heard.of(channel)[-1:] == [8], DEADLINE_S, "the terminal event")
+            assert heard.of(channel) == list(range(2, 9))
+        finally:
+            await store.close()
 
 
 async def test_another_stores_terminal_event_ends_a_channel_this_store_appends_to(store: RedisStore,

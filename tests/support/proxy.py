@@ -3,7 +3,9 @@
 Browser tests put it between Chromium and the server to simulate a network
 drop: ``drop_all()`` resets every open connection (both sides see a reset, as
 when a phone changes networks), and ``refuse(seconds)`` also resets every new
-connection for a while, so clients have to keep retrying.
+connection for a while, so clients have to keep retrying. ``silence_all()``
+makes every open connection lose what is sent either way without a word, as
+a middlebox that forgot an idle connection does; new connections still work.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class _Pair:
         self.client = client
         self.upstream = upstream
         self._closed = threading.Event()
+        self.silent = threading.Event()  # what arrives is dropped, nothing is said
 
     def start(self) -> None:
         for source, sink in ((self.client, self.upstream), (self.upstream, self.client)):
@@ -55,7 +58,8 @@ class _Pair:
                 data = source.recv(CHUNK_BYTES)
                 if not data:
                     break
-                sink.sendall(data)
+                if not self.silent.is_set():
+                    sink.sendall(data)
         except OSError:
             pass
         self.reset()
@@ -153,6 +157,14 @@ class TcpProxy:
                 pair.reset()
         self.dropped_total += cut
         return cut
+
+    def silence_all(self) -> int:
+        """Drop everything sent on every open connection from now on, closing none; how many."""
+        with self._lock:
+            pairs = [pair for pair in self._pairs if not pair.closed]
+        for pair in pairs:
+            pair.silent.set()
+        return len(pairs)
 
     def refuse(self, seconds: float) -> None:
         """Reset every connection attempt for the next ``seconds``."""

@@ -53,7 +53,8 @@ class Follower:
 
 
 class Feed:
-    __slots__ = ("channel", "tail", "first_id", "last_id", "closed", "_waiters", "_followers", "refs", "watching")
+    __slots__ = ("channel", "tail", "first_id", "last_id", "closed", "_waiters", "_followers", "refs", "watching",
+                 "_loop")
 
     def __init__(self, channel: str):
         self.channel = channel
@@ -65,6 +66,9 @@ class Feed:
         self._followers: set[Follower] = set()
         self.refs = 0
         self.watching: asyncio.Future[None] | None = None  # the store's watch of it, for readers
+        # The loop of its readers, kept at the first ``follow`` or ``wait``: Python 3.11's
+        # get_running_loop() makes a getpid() system call each time, and these run per event.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, events: Sequence[Event]) -> None:
         for event in events:
@@ -84,7 +88,7 @@ class Feed:
         self.wake()
 
     def _write_followers(self, events: Sequence[Event]) -> None:
-        now = asyncio.get_running_loop().time()
+        now = self._running_loop().time()
         first = events[0].id
         for follower in list(self._followers):
             if follower.after + 1 < first:  # a gap this batch cannot fill: the task reads the store
@@ -115,7 +119,7 @@ class Feed:
         """
         if self.has_after(after) or self.closed:
             return after, False
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         follower = Follower(write, after, loop.create_future(), loop.time())
         self._followers.add(follower)
         if quiet_s is not None:
@@ -129,8 +133,14 @@ class Feed:
             self._followers.discard(follower)
         return follower.after, not handed_back
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     def _check_quiet(self, follower: Follower, quiet_s: float) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         due = follower.last_write + quiet_s
         if loop.time() >= due:
             self._unfollow(follower, False)
@@ -160,7 +170,7 @@ class Feed:
         """Wait for an event with id > after; False when the timeout ran out first."""
         if self.has_after(after) or self.closed:
             return True
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         self._waiters.add(waiter)
         # One timer handle, not an asyncio.timeout() scope: this runs once per event per reader.

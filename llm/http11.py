@@ -114,8 +114,12 @@ MAX_CHUNK_LINE_BYTES = 4 * 1024
 
 
 class _Connection:
-    def __init__(self, key: tuple[str, str, int], transport: asyncio.Transport, protocol: _Buffered):
+    def __init__(self, key: tuple[str, str, int], transport: asyncio.Transport, protocol: _Buffered,
+                 loop: asyncio.AbstractEventLoop):
         self.key = key
+        # Kept, not looked up per read: Python 3.11's get_running_loop() makes a getpid() system
+        # call each time, a few percent of the server's CPU at a thousand streams.
+        self.loop = loop
         self.transport = transport
         self.protocol = protocol
         self.buffer = b""
@@ -140,7 +144,7 @@ class _Connection:
         """
         protocol = self.protocol
         if not protocol.chunks and not protocol.eof:
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             protocol.waiter = loop.create_future()
             if deadline is not None:
                 self._arm(loop, deadline)
@@ -398,7 +402,7 @@ class LeanTransport(httpx2.AsyncBaseTransport):
             raise httpx2.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
         except (OSError, ssl.SSLError) as exc:
             raise httpx2.ConnectError(str(exc) or type(exc).__name__) from exc
-        return _Connection(key, transport, protocol)
+        return _Connection(key, transport, protocol, loop)
 
     async def aclose(self) -> None:
         for idle in self._idle.values():

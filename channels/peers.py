@@ -34,6 +34,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from channels.redis.watch import Subscriber
 from channels.store import StoreUnavailable
 
 log = logging.getLogger("chime.peers")
@@ -185,9 +186,12 @@ class RedisPeers:
             url, max_connections=POOL_CONNECTIONS, timeout=COMMAND_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S,
             socket_connect_timeout=COMMAND_TIMEOUT_S))
         self._batch = _Batch(self._redis)
-        # A subscribed connection blocks on its read without end (redis-py #2807: no timeout).
+        # A subscribed connection blocks on its read without end (redis-py #2807: no timeout); the
+        # store's Subscriber reads it, reconnects, and replaces it when it goes silent.
         self._listener = aioredis.Redis.from_url(url, socket_timeout=None,
                                                  socket_connect_timeout=COMMAND_TIMEOUT_S)
+        self._subscriber: Subscriber | None = None
+        self._subscribed: dict[bytes, asyncio.Future[None]] = {}  # each name's first confirmation
         self._tasks: list[asyncio.Task[None]] = []
         self._reserve = self._redis.register_script(RESERVE)
         self._unreserve = self._redis.register_script(UNRESERVE)
@@ -196,11 +200,19 @@ class RedisPeers:
 
     async def open(self) -> None:
         await self._renew()
-        pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self._cancels, self._reports)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._keep_lease(), name="chime-peer-lease"),
-                       loop.create_task(self._listen(pubsub), name="chime-peer-cancels")]
+        names = (self._cancels.encode(), self._reports.encode())
+        self._subscribed = {name: loop.create_future() for name in names}
+        self._subscriber = Subscriber(self._listener, self._on_message, self._on_live, reply_s=COMMAND_TIMEOUT_S)
+        for name in names:
+            self._subscriber.subscribe(name)
+        try:  # a cancel sent once this returns is heard
+            await asyncio.wait_for(asyncio.gather(*self._subscribed.values()), COMMAND_TIMEOUT_S)
+        except TimeoutError:
+            await self._subscriber.close()
+            self._subscriber = None
+            raise StoreUnavailable("Redis did not confirm this process's subscriptions in time") from None
+        self._tasks = [loop.create_task(self._keep_lease(), name="chime-peer-lease")]
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -211,7 +223,11 @@ class RedisPeers:
         except RedisError:
             log.warning("could not give up this process's lease; it runs out by itself", exc_info=True)
         await self._redis.aclose()
-        await self._listener.aclose()
+        if self._subscriber is not None:
+            await self._subscriber.close()  # closes the listener's client too
+            self._subscriber = None
+        else:
+            await self._listener.aclose()
 
     # ---- claims ---------------------------------------------------------------------
 
@@ -310,26 +326,18 @@ class RedisPeers:
                 log.warning("could not renew this process's lease in Redis; its answers may be "
                             "ended as lost by another process if this lasts", exc_info=True)
 
-    async def _listen(self, pubsub: aioredis.client.PubSub) -> None:
-        while True:
-            try:
-                message = await pubsub.get_message(timeout=None)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("the cancel subscription broke; subscribing again", exc_info=True)
-                await asyncio.sleep(0.5)
-                try:
-                    await pubsub.subscribe(self._cancels, self._reports)
-                except Exception:
-                    continue
-                continue
-            if message is None or message.get("type") != "message":
-                continue
-            try:
-                self._heard(message["channel"].decode(), message["data"].decode())
-            except Exception:
-                log.exception("a message between processes could not be handled")
+    def _on_live(self, name: bytes) -> None:
+        """A subscription is confirmed (again, after a reconnect: what was published meanwhile is
+        gone; a cancel's sender saw it heard by nobody only if Redis noticed the drop first)."""
+        subscribed = self._subscribed.get(name)
+        if subscribed is not None and not subscribed.done():
+            subscribed.set_result(None)
+
+    def _on_message(self, name: bytes, payload: bytes) -> None:
+        try:
+            self._heard(name.decode(), payload.decode())
+        except Exception:
+            log.exception("a message between processes could not be handled")
 
     def _heard(self, subject: str, body: str) -> None:
         if subject == self._cancels:

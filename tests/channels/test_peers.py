@@ -12,6 +12,8 @@ import pytest
 from channels.limits import LimitExceeded, SharedLimits
 from channels.peers import RedisPeers
 from channels.presence import SharedPresence
+from channels.redis import watch
+from tests.support.proxy import TcpProxy
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import async_wait_until
 
@@ -101,6 +103,29 @@ async def test_a_cancel_reaches_the_live_owner_only(processes: tuple[Process, Pr
     await two.peers.release(CHANNEL)
     assert await one.peers.owned_elsewhere() == set()
     assert not await one.peers.cancel_elsewhere(CHANNEL)
+
+
+async def test_a_cancel_is_heard_after_the_owners_subscription_goes_silent(
+        redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A middlebox forgets the owner's pub/sub connection without a word: the heartbeat replaces
+    it within seconds, and cancels are heard again."""
+    monkeypatch.setattr(watch, "HEARTBEAT_S", 0.2)
+    with TcpProxy(redis.port) as proxy:
+        one, two = Process(redis.url), Process(f"redis://127.0.0.1:{proxy.port}/0", ttl_s=60.0)
+        await one.peers.open()
+        await two.peers.open()
+        try:
+            await two.peers.claim(CHANNEL)
+            assert proxy.silence_all() >= 1
+
+            async def heard() -> bool:
+                await one.peers.cancel_elsewhere(CHANNEL)
+                return CHANNEL in two.cancelled
+
+            await async_wait_until(heard, 15, "the owner to hear a cancel again")
+        finally:
+            await one.peers.close()
+            await two.peers.close()
 
 
 # ---- limits across processes ---------------------------------------------------------------

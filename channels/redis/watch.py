@@ -201,17 +201,8 @@ class Watches:
         parts = payload.split(b"\n")
         first = int(parts[1])
         channel = watch.channel
-        events = [Event(channel, first + n, _TYPE_NAMES.get(parts[i]) or parts[i].decode(), parts[i + 1])
-                  for n, i in enumerate(range(2, len(parts) - 1, 2))]
-        # The common case, told at once (what _drain does with it, without its copies): nothing is
-        # held or being read, the batch continues what was told, and no event of this store's
-        # own can be on its way.
-        if (not watch.busy and not watch.held and events and first == watch.floor + 1
-                and not self._store._owns(channel)):
-            watch.told = events[-1].id
-            self._store.tell(events)
-            return
-        watch.held += events
+        watch.held += [Event(channel, first + n, _TYPE_NAMES.get(parts[i]) or parts[i].decode(), parts[i + 1])
+                       for n, i in enumerate(range(2, len(parts) - 1, 2))]
         if not watch.busy:
             self._drain(watch)
 

@@ -8,6 +8,7 @@ the suite by adding a ``StoreKind`` to ``STORE_KINDS``.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import redis
 
+from channels.events import DELTA, DONE, Event
 from channels.redis import RedisStore
 from channels.redis.keys import Keys
 from channels.sqlite import SQLiteStore
@@ -87,6 +89,31 @@ async def new_channel(store: Store, user: str | None = None, conversation: str |
     await store.create_channel(channel, user, conversation, "demo")
     await store.add_turn(conversation, "the question", channel)
     return channel
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What ``keep_some_of_everything`` stored: checked again after a restart."""
+
+    user: str
+    conversation: str
+    finished: str  # its answer is the given text, then done
+    running: str   # ten deltas, ids 2..11, still running
+    events: dict[str, list[Event]]  # both channels' events as stored
+
+
+async def keep_some_of_everything(store: Store, answer: str) -> Kept:
+    """A user with a conversation, a finished answer, a running one and a push subscription."""
+    user = await new_user(store)
+    conversation = (await store.create_conversation(new_id(), user, "kept")).id
+    finished = await new_channel(store, user, conversation)
+    await store.append(finished, DELTA, {"content": answer})
+    await store.append(finished, DONE, {"finish_reason": "stop"})
+    running = await new_channel(store, user, conversation)
+    await asyncio.gather(*(store.append(running, DELTA, {"content": str(n)}) for n in range(10)))
+    await store.save_subscription(user, "https://push.example/a", "k", "a")
+    events = {channel: await store.read_after(channel, 0) for channel in (finished, running)}
+    return Kept(user, conversation, finished, running, events)
 
 
 async def record_of(store: Store, channel: str) -> ChannelRecord:

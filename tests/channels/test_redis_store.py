@@ -21,7 +21,7 @@ from channels.redis import RedisStore, watch
 from channels.redis.database import Refused
 from channels.redis.scripts import APPEND, CLOSED, CONFLICT, CREATE, LATE, STORED, UNKNOWN
 from channels.store import ChannelClosed, NewAnswer, StoreUnavailable, UnknownChannel
-from tests.channels.stores import new_channel, new_id, new_user, record_of
+from tests.channels.stores import keep_some_of_everything, new_channel, new_id, new_user, record_of
 from tests.support import redis_server
 from tests.support.proxy import TcpProxy
 from tests.support.redis_server import RedisServer
@@ -464,15 +464,8 @@ async def test_everything_survives_a_redis_restart_with_appendonly(server: Redis
     store = RedisStore(server.url, prefix="durable")
     await store.open()
     try:
-        user = await new_user(store)
-        conversation = await store.create_conversation(new_id(), user, "kept")
-        finished = await new_channel(store, user, conversation.id)
-        await store.append(finished, DELTA, {"content": "an answer"})
-        await store.append(finished, DONE, {"finish_reason": "stop"})
-        running = await new_channel(store, user, conversation.id)
-        await asyncio.gather(*(store.append(running, DELTA, {"content": str(n)}) for n in range(10)))
-        await store.save_subscription(user, "https://push.example/a", "k", "a")
-        before = {channel: await store.read_after(channel, 0) for channel in (finished, running)}
+        kept = await keep_some_of_everything(store, "an answer")
+        user, finished, running, before = kept.user, kept.finished, kept.running, kept.events
         getattr(server, how)()  # kill: with appendfsync always, every reply came after its fsync
         server.start()
 
@@ -482,7 +475,7 @@ async def test_everything_survives_a_redis_restart_with_appendonly(server: Redis
             for check in (store, reopened):  # the open store reconnects, and loads its scripts again
                 assert {channel: await check.read_after(channel, 0) for channel in before} == before
                 assert (await record_of(check, finished)).status == DONE
-                assert [m.content for m in await check.messages(conversation.id)][1] == "an answer"
+                assert [m.content for m in await check.messages(kept.conversation)][1] == "an answer"
                 assert running in await check.running_channels()
                 assert [s.endpoint for s in await check.subscriptions_for(user)] == ["https://push.example/a"]
             assert (await store.append(running, DELTA, {"content": "next"})).id == 12

@@ -14,7 +14,7 @@ import pytest
 
 from channels.events import DELTA, DONE, INTERRUPTED, META, Event
 from channels.store import ChannelClosed, NewAnswer, Store, UnknownChannel
-from tests.channels.stores import StoreKind, new_channel, new_id, new_user, record_of
+from tests.channels.stores import StoreKind, keep_some_of_everything, new_channel, new_id, new_user, record_of
 
 # ---- a whole submission: create_answer ----------------------------------------------------
 
@@ -133,15 +133,8 @@ async def test_a_store_that_can_write_says_so(store: Store) -> None:
 async def test_everything_survives_close_and_the_ids_continue(kind: StoreKind, location: Path) -> None:
     store = kind.make(location)
     await store.open()
-    user = await new_user(store)
-    conversation = await store.create_conversation(new_id(), user, "t")
-    finished = await new_channel(store, user, conversation.id)
-    await store.append(finished, DELTA, {"content": "kept"})
-    await store.append(finished, DONE, {"finish_reason": "stop"})
-    running = await new_channel(store, user, conversation.id)
-    await asyncio.gather(*(store.append(running, DELTA, {"content": str(n)}) for n in range(10)))
-    await store.save_subscription(user, "https://push.example/a", "k", "a")
-    before = {channel: await store.read_after(channel, 0) for channel in (finished, running)}
+    kept = await keep_some_of_everything(store, "kept")
+    user, finished, running, before = kept.user, kept.finished, kept.running, kept.events
     await store.close()
 
     reopened = kind.make(location)
@@ -151,8 +144,8 @@ async def test_everything_survives_close_and_the_ids_continue(kind: StoreKind, l
             assert await reopened.read_after(channel, 0) == events
         assert (await record_of(reopened, finished)).status == DONE
         assert await reopened.channel_content(finished) == "kept"
-        assert [c.id for c in await reopened.list_conversations(user)] == [conversation.id]
-        assert len(await reopened.messages(conversation.id)) == 4
+        assert [c.id for c in await reopened.list_conversations(user)] == [kept.conversation]
+        assert len(await reopened.messages(kept.conversation)) == 4
         assert len(await reopened.subscriptions_for(user)) == 1
         assert await reopened.user_for_token_hash(f"hash-{user}") == user
         assert running in await reopened.running_channels()

@@ -10,7 +10,7 @@ import pytest
 
 import channels.hub as hub_module
 from channels.events import DELTA, DONE, Event
-from channels.hub import Hub
+from channels.hub import TAIL_EVENTS, Feed, Hub
 from channels.reader import replay_then_live
 from channels.store import Store
 from tests.channels.stores import new_channel
@@ -68,6 +68,17 @@ async def test_a_reader_behind_the_tail_reads_the_store(store: Store, hub: Hub,
         hub.release(feed)
     assert ids(events) == list(range(2, 33))
     assert events == await store.read_after(channel, 1)
+
+
+def test_a_feed_keeps_exactly_its_latest_events_as_each_new_one_comes() -> None:
+    feed = Feed("channel")
+    for number in range(1, 3 * TAIL_EVENTS + 1):
+        feed.add([Event.make("channel", number, DELTA, {"content": f"{number} "})])
+        assert ids(feed.tail) == list(range(max(1, number - TAIL_EVENTS + 1), number + 1))
+    last = 3 * TAIL_EVENTS
+    assert feed.first_id == last - TAIL_EVENTS + 1
+    assert ids(feed.since(last - 3, 100) or []) == [last - 2, last - 1, last]
+    assert feed.since(last - TAIL_EVENTS - 1, 100) is None  # older than the tail: the store's to read
 
 
 async def test_a_slow_reader_blocks_neither_a_fast_one_nor_the_writer(store: Store, hub: Hub) -> None:

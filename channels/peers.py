@@ -25,15 +25,16 @@ without this.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
+from channels.redis.scripts import Script
 from channels.redis.watch import Subscriber
 from channels.store import StoreUnavailable
 
@@ -50,7 +51,7 @@ PRESENCE_TTL_S = 24 * 3600
 # Redis's clock (hosts' clocks may disagree).
 # KEYS: none (names from ARGV[1], the prefix). ARGV: prefix, this process, user, max running,
 # max total (-1: none), per minute, a unique member. Returns {0, 0} or {which, retry after s}.
-RESERVE = """
+RESERVE = Script("reserve", """
 local p, me, user = ARGV[1], ARGV[2], ARGV[3]
 local max_running, max_total, per_minute = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local time = redis.call('TIME')
@@ -80,16 +81,16 @@ redis.call('SADD', p .. ':slots', me)
 redis.call('HINCRBY', p .. ':slots:' .. me, user, 1)
 redis.call('HINCRBY', p .. ':slots:' .. me, '', 1)
 return {0, 0}
-"""
+""")
 # ARGV: prefix, this process, user.
-UNRESERVE = """
+UNRESERVE = Script("unreserve", """
 local slots = ARGV[1] .. ':slots:' .. ARGV[2]
 if tonumber(redis.call('HINCRBY', slots, ARGV[3], -1)) <= 0 then redis.call('HDEL', slots, ARGV[3]) end
 if tonumber(redis.call('HINCRBY', slots, '', -1)) <= 0 then redis.call('HDEL', slots, '') end
 return 0
-"""
+""")
 # ARGV: prefix, address, per minute, a unique member. Returns 0 (counted) or the seconds to wait.
-NEW_USER = """
+NEW_USER = Script("new_user", """
 local made = ARGV[1] .. ':new-users:' .. ARGV[2]
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -101,10 +102,10 @@ end
 redis.call('ZADD', made, now, ARGV[4])
 redis.call('PEXPIRE', made, 60000)
 return 0
-"""
+""")
 # ARGV: prefix, this process, the channel's presence key. 1 when a reader on another live
 # process has its page in view.
-VISIBLE_ELSEWHERE = """
+VISIBLE_ELSEWHERE = Script("visible_elsewhere", """
 local posted = redis.call('HGETALL', ARGV[3])
 for i = 1, #posted, 2 do
   local peer, counts = posted[i], posted[i + 1]
@@ -114,7 +115,7 @@ for i = 1, #posted, 2 do
   end
 end
 return 0
-"""
+""")
 _REFUSED = {1: "running", 2: "total", 3: "per_minute"}
 # Connections for the commands of this process's requests and answers; more callers wait for one.
 POOL_CONNECTIONS = 16
@@ -122,46 +123,77 @@ POOL_CONNECTIONS = 16
 
 class _Batch:
     """Commands of many callers sent in one pipelined round trip, as the log's group commit does:
-    a thousand answers ending together cost a few round trips, not a thousand."""
+    a thousand answers ending together cost a few round trips, not a thousand.
+
+    A script is sent as EVALSHA, loaded only when Redis answers NOSCRIPT (it restarted, or its
+    cache was flushed): redis-py's own scripts in a pipeline ask ``SCRIPT EXISTS`` first, a
+    second round trip on every batch."""
 
     def __init__(self, redis: aioredis.Redis):
         self._redis = redis
-        self._pending: list[tuple[Callable[[Any], object], asyncio.Future[Any]]] = []
+        self._pending: list[_Call] = []
         self._sending: asyncio.Task[None] | None = None
 
     def run(self, add: Callable[[Any], object]) -> asyncio.Future[Any]:
         """``add(pipeline)`` adds one command; the future gets its reply (or its error)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((add, future))
+        return self._queue(_Call(add, asyncio.get_running_loop().create_future()))
+
+    def run_script(self, script: Script, args: list[Any]) -> asyncio.Future[Any]:
+        """``script`` with no keys and ``args``; the future gets its reply (or its error)."""
+        return self._queue(_Call(lambda pipe: pipe.evalsha(script.sha, 0, *args),
+                                 asyncio.get_running_loop().create_future(), script))
+
+    def _queue(self, call: _Call) -> asyncio.Future[Any]:
+        self._pending.append(call)
         if self._sending is None:
             self._sending = asyncio.get_running_loop().create_task(self._send(), name="chime-peers-batch")
-        return future
+        return call.future
 
     async def _send(self) -> None:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    async with self._redis.pipeline(transaction=False) as pipe:
-                        for add, _ in batch:
-                            queued = add(pipe)
-                            if inspect.isawaitable(queued):  # a script queues itself when awaited
-                                await queued
-                        replies = await pipe.execute(raise_on_error=False)
+                    replies = await self._execute(batch)
+                    unloaded = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+                    if unloaded:
+                        again = [batch[n] for n in unloaded]
+                        await self._load({call.script for call in again if call.script is not None})
+                        for n, reply in zip(unloaded, await self._execute(again), strict=True):
+                            replies[n] = reply
                 except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    for call in batch:
+                        if not call.future.done():
+                            call.future.set_exception(exc)
                     continue
-                for (_, future), reply in zip(batch, replies, strict=True):
-                    if future.done():
+                for call, reply in zip(batch, replies, strict=True):
+                    if call.future.done():
                         continue
                     if isinstance(reply, Exception):
-                        future.set_exception(reply)
+                        call.future.set_exception(reply)
                     else:
-                        future.set_result(reply)
+                        call.future.set_result(reply)
         finally:
             self._sending = None
+
+    async def _execute(self, batch: list[_Call]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for call in batch:
+                call.add(pipe)
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def _load(self, scripts: set[Script]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for script in scripts:
+                pipe.script_load(script.source)
+            await pipe.execute()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Call:
+    add: Callable[[Any], object]
+    future: asyncio.Future[Any]
+    script: Script | None = None
 
 
 class RedisPeers:
@@ -193,10 +225,7 @@ class RedisPeers:
         self._subscriber: Subscriber | None = None
         self._subscribed: dict[bytes, asyncio.Future[None]] = {}  # each name's first confirmation
         self._tasks: list[asyncio.Task[None]] = []
-        self._reserve = self._redis.register_script(RESERVE)
-        self._unreserve = self._redis.register_script(UNRESERVE)
-        self._new_user = self._redis.register_script(NEW_USER)
-        self._visible_elsewhere = self._redis.register_script(VISIBLE_ELSEWHERE)
+        self._new_user = self._redis.register_script(NEW_USER.source)
 
     async def open(self) -> None:
         await self._renew()
@@ -289,8 +318,7 @@ class RedisPeers:
     async def visible_elsewhere(self, channel: str) -> bool:
         # A dead process's readers went with it: only live processes' counts are read.
         args = [self._prefix, self.id, self._presence(channel)]
-        return bool(await self._call(self._batch.run(
-            lambda pipe: self._visible_elsewhere(args=args, client=pipe))))
+        return bool(await self._call(self._batch.run_script(VISIBLE_ELSEWHERE, args)))
 
     async def post_report(self, channel: str, visible: bool) -> None:
         await self._call(self._redis.publish(self._reports, f"{self.id} {int(visible)} {channel}"))
@@ -301,12 +329,12 @@ class RedisPeers:
                       per_minute: int) -> tuple[str, int] | None:
         args: list[str | int] = [self._prefix, self.id, user_id, max_running,
                                  -1 if max_total is None else max_total, per_minute, secrets.token_hex(8)]
-        which, retry_after_s = await self._call(self._batch.run(lambda pipe: self._reserve(args=args, client=pipe)))
+        which, retry_after_s = await self._call(self._batch.run_script(RESERVE, args))
         return None if not which else (_REFUSED[int(which)], int(retry_after_s))
 
     async def unreserve(self, user_id: str) -> None:
         args = [self._prefix, self.id, user_id]
-        await self._call(self._batch.run(lambda pipe: self._unreserve(args=args, client=pipe)))
+        await self._call(self._batch.run_script(UNRESERVE, args))
 
     async def count_new_user(self, address: str, per_minute: int) -> int:
         return int(await self._call(self._new_user(args=[self._prefix, address, per_minute,

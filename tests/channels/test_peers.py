@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,3 +227,35 @@ async def test_a_thousand_answers_ending_together_give_back_every_slot_and_claim
         await async_wait_until(lambda: client.hlen(f"peers-test:slots:{one.peers.id}") == 0, 10,
                                "every slot to be given back")
         assert client.hlen("peers-test:owners") == 0
+
+
+def script_calls(client: Any) -> dict[str, int]:
+    """How many times Redis ran each SCRIPT subcommand and EVALSHA (``INFO commandstats``)."""
+    stats = client.info("commandstats")
+    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+            for name in ("evalsha", "script|exists", "script|load")}
+
+
+async def test_a_batch_of_scripts_is_one_round_trip_and_survives_a_flushed_script_cache(
+        processes: tuple[Process, Process], redis: RedisServer) -> None:
+    one, two = processes
+    limits = shared_limits(one)
+    with redis.client() as client:
+        async with limits.admitted("alice"):  # loads the scripts, as the first batch after a start does
+            pass
+        before = script_calls(client)
+        async with limits.admitted("alice"):
+            pass
+        assert not await one.presence.watched_anywhere(CHANNEL)
+        after = script_calls(client)
+        assert after["script|exists"] == before["script|exists"]  # no question before each batch
+        assert after["evalsha"] > before["evalsha"]
+        client.script_flush()  # as a restarted Redis without its script cache
+        reader = two.presence.attach(CHANNEL)
+        await two.presence.flushed()
+        async with limits.admitted("alice"):
+            assert await one.presence.watched_anywhere(CHANNEL)
+        assert script_calls(client)["script|load"] > after["script|load"]
+        two.presence.detach(reader)
+    async with limits.admitted("alice"), shared_limits(two).admitted("alice"):  # every slot was given back
+        pass

@@ -155,11 +155,13 @@ def machine_ticks() -> tuple[int, int, int, int]:
 
 @dataclass
 class MachineMeter:
-    """CPU seconds of the whole machine over a window: processes (all of them), interrupts, stolen by the host."""
+    """CPU seconds of the whole machine over a window: processes (all of them), interrupts, idle
+    (no work on a CPU: what was left to absorb a burst), stolen by the host."""
 
     started: tuple[int, int, int, int] = (0, 0, 0, 0)
     processes_s: float = 0.0
     interrupts_s: float = 0.0
+    idle_s: float = 0.0
     stolen_s: float = 0.0
 
     def start(self) -> MachineMeter:
@@ -167,10 +169,11 @@ class MachineMeter:
         return self
 
     def stop(self) -> None:
-        processes, interrupts, _, stolen = (now - then for now, then in zip(machine_ticks(), self.started,
-                                                                             strict=True))
+        processes, interrupts, idle, stolen = (now - then for now, then in zip(machine_ticks(), self.started,
+                                                                                strict=True))
         self.processes_s = processes / CLOCK_TICKS_PER_S
         self.interrupts_s = interrupts / CLOCK_TICKS_PER_S
+        self.idle_s = idle / CLOCK_TICKS_PER_S
         self.stolen_s = stolen / CLOCK_TICKS_PER_S
 
 

@@ -5,7 +5,9 @@ server's whole process tree, ``busiest%`` its busiest process (the event loop, o
 busiest worker), ``redis CPU%`` the Redis of the row, ``irq CPU%`` the machine's
 interrupt and softirq time (accounted to no process; loopback TCP's receive path runs
 there), ``other CPU%`` every other process on the machine (another job's load, which
-makes the row's figures suspect). ``p99 1st s``/``mid``/``last s``: p99 of the tokens
+makes the row's figures suspect), ``idle CPU%`` what the machine's CPUs left unused (of
+all its cores: near 0, every hop of a token waits for a core, and latency follows the
+host's noise). ``p99 1st s``/``mid``/``last s``: p99 of the tokens
 emitted in the first second, the last second and between (the stream rows start and end
 every stream together: a stall at the start or the end shows apart from the steady
 state). ``log warn``: warnings and errors in the server's log over its life. The JSON
@@ -56,6 +58,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("loadgen_cpu_pct", "gen CPU%", "{:.0f}"),
     ("interrupts_cpu_pct", "irq CPU%", "{:.0f}"),
     ("other_cpu_pct", "other CPU%", "{:.0f}"),
+    ("idle_cpu_pct", "idle CPU%", "{:.0f}"),
     ("server_log_problems", "log warn", "{:,}"),
     ("wall_s", "wall s", "{:.1f}"),
     ("setup_s", "setup s", "{:.1f}"),

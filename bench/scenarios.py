@@ -335,6 +335,7 @@ def row(scenario: str, transport: str, streams: int, totals: Totals, window: Win
         "other_cpu_pct": window.other_cpu_pct(),
         "interrupts_cpu_pct": 100 * window.machine.interrupts_s / window.wall_s if window.wall_s else None,
         "stolen_cpu_pct": 100 * window.machine.stolen_s / window.wall_s if window.wall_s else None,
+        "idle_cpu_pct": 100 * window.machine.idle_s / window.wall_s if window.wall_s else None,
         "wall_s": window.wall_s,
         "store": store.kind, "processes": store.processes,
     }

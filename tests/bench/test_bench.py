@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from bench.arrivals import Arrivals, Submissions
 from bench.clients import Tally, Totals
+from bench.procstat import CLOCK_TICKS_PER_S, MachineMeter
 from bench.run import UpstreamProcess, parse
 from bench.scenarios import SQLITE, Bench, Replay, Store, Streams, log_problems, stop
 
@@ -148,7 +150,8 @@ async def test_redis_rows_with_one_and_two_processes_count_every_token_and_redis
     for row in rows:  # every token of every stream, in order, once, whichever process served it
         assert (row["delivered"], row["lost"], row["duplicated"], row["out_of_order"]) == (80, 0, 0, 0)
         assert row["failed_streams"] == 0 and row["endings"] == {"done": 4} and row["p99_ms"] is not None
-        assert {"p99_head_ms", "p99_mid_ms", "p99_tail_ms", "other_cpu_pct", "interrupts_cpu_pct"} <= row.keys()
+        assert {"p99_head_ms", "p99_mid_ms", "p99_tail_ms", "other_cpu_pct", "interrupts_cpu_pct",
+                "idle_cpu_pct"} <= row.keys()
     for row in rows[1:]:
         assert isinstance(row["server_log_problems"], int) and "server_log_problem_kinds" in row
     sqlite, redis1, redis2 = rows[1:]
@@ -161,3 +164,22 @@ async def test_redis_rows_with_one_and_two_processes_count_every_token_and_redis
     # Two workers and their main process are all the server's: its CPU is every process of the tree.
     assert redis2["loop_us_per_token"] is None and len(redis2["server_process_cpu_pct"]) >= 3
     assert len(redis2["server_process_sockets"]) >= 3 and sum(redis2["server_process_sockets"]) >= 4  # 4 readers
+
+
+def test_the_machine_meter_accounts_for_every_core_busy_or_idle() -> None:
+    """Processes, interrupts, idle and stolen time add up to the window on every core, so a
+    row's ``idle CPU%`` near 0 means the machine had nothing left to give."""
+    cores = len(os.sched_getaffinity(0))
+    with open("/proc/stat") as stat:
+        online = sum(1 for line in stat if line.startswith("cpu") and line[3].isdigit())
+    meter = MachineMeter().start()
+    started = time.monotonic()
+    while time.monotonic() - started < 0.5:  # this process keeps one core busy
+        pass
+    meter.stop()
+    wall_s = time.monotonic() - started
+    accounted_s = meter.processes_s + meter.interrupts_s + meter.idle_s + meter.stolen_s
+    tick_s = 1 / CLOCK_TICKS_PER_S
+    assert abs(accounted_s - online * wall_s) <= online * (3 * tick_s) + 0.1 * online * wall_s
+    assert meter.processes_s >= 0.5 * wall_s  # the busy core shows as busy, not idle
+    assert meter.idle_s <= (online - 0.5) * wall_s + cores * tick_s

@@ -62,6 +62,18 @@ class AppendQueue:
         """The channel's entry from the store (``ChannelClosed``/``UnknownChannel`` when it has none)."""
         raise NotImplementedError
 
+    def append_nowait(self, channel_id: str, type: str, data: dict[str, Any]) -> Event | None:
+        """See ``EventLog.append_nowait``: ``append(..., wait=False)`` as a plain call, or None."""
+        log_ = self._logs.get(channel_id)
+        if (log_ is None or log_.closed or type in TERMINAL_TYPES or len(self._pending) >= self.max_unawaited
+                or channel_id in self._failures):
+            return None
+        event = Event.make(channel_id, log_.next_id, type, data)
+        log_.next_id += 1
+        self._pending.append(Pending(event, None, True, _text(type, data)))
+        self._wake.set()
+        return event
+
     async def append(self, channel_id: str, type: str, data: dict[str, Any], *, wait: bool = True) -> Event:
         """See ``EventLog.append``; ``wait=False`` returns once the event is queued (not for terminals)."""
         failure = self._failures.pop(channel_id, None)
@@ -74,9 +86,7 @@ class AppendQueue:
             raise ChannelClosed(channel_id)
         event = Event.make(channel_id, log_.next_id, type, data)
         log_.next_id += 1
-        text = data.get("content", "") if type == DELTA else ""
-        if not isinstance(text, str):
-            text = ""
+        text = _text(type, data)
         if type in TERMINAL_TYPES:
             log_.closed = True
         elif not wait and len(self._pending) < self.max_unawaited:
@@ -132,3 +142,9 @@ class AppendQueue:
                 self.on_failure(failed)
             except Exception:
                 log.exception("on_failure listener failed")
+
+
+def _text(type: str, data: dict[str, Any]) -> str:
+    """What the event adds to the answer's text: a delta's content."""
+    text = data.get("content", "") if type == DELTA else ""
+    return text if isinstance(text, str) else ""

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from channels.events import CANCELLED, DELTA, DONE, ERROR, INTERRUPTED, USAGE
 from channels.presence import Presence
 from channels.store import ChannelClosed, Store, UnknownChannel
-from llm.base import NO_OPTIONS, ModelError, ModelOptions, Provider
+from llm.base import NO_OPTIONS, Chunk, ModelError, ModelOptions, Provider
 
 log = logging.getLogger("chime.generation")
 
@@ -272,14 +272,15 @@ class Generations:
         """The model's stream into the channel; its finish reason. Raises ``AnswerLimit`` past
         ``max_answer_chars``, after appending the answer up to exactly that many characters."""
         finish_reason = "stop"
-        room = self.max_answer_chars
-        stream = self.provider.stream(messages, options)
+        deltas = _Deltas(self.store, channel, self.max_answer_chars)
+        stream = self.provider.stream(messages, options, take=deltas.take)
         try:
             async for chunk in stream:
                 # Queued, not awaited: a token still reaches no reader before its commit,
                 # but the next one need not wait for it (finish() waits for them all).
                 content = chunk.content
                 if content:
+                    room = deltas.room
                     if room is not None:
                         if len(content) > room:
                             if room:
@@ -287,7 +288,7 @@ class Generations:
                             raise AnswerLimit("answer_too_long", f"The answer passed the server's limit of "
                                               f"{self.max_answer_chars} characters (CHIME_MAX_ANSWER_CHARS); "
                                               "what arrived up to it is kept.")
-                        room -= len(content)
+                        deltas.room = room - len(content)
                     await self.store.append(channel, DELTA, {"content": content}, wait=False)
                 if chunk.usage is not None:
                     await self.store.append(channel, USAGE, chunk.usage, wait=False)
@@ -344,6 +345,32 @@ class Generations:
                             delay_s, exc_info=True)
                 await asyncio.sleep(delay_s)
                 delay_s = min(TERMINAL_RETRY_MAX_S, delay_s * 2)
+
+
+class _Deltas:
+    """The model's text chunks appended where they arrive (``llm.base.Take``), while that needs no
+    wait: no task wakes per token. Anything else (usage, the finish reason, a chunk past the
+    answer's limit, a store that wants the caller to wait) is refused, for ``_stream`` to do."""
+
+    __slots__ = ("append_nowait", "channel", "room")
+
+    def __init__(self, store: Store, channel: str, room: int | None):
+        self.append_nowait = store.append_nowait
+        self.channel = channel
+        self.room = room  # characters the answer may still take; None: no limit
+
+    def take(self, chunk: Chunk) -> bool:
+        content = chunk.content
+        if not content or chunk.usage is not None or chunk.finish_reason is not None:
+            return False
+        room = self.room
+        if room is not None and len(content) > room:
+            return False
+        if self.append_nowait(self.channel, DELTA, {"content": content}) is None:
+            return False
+        if room is not None:
+            self.room = room - len(content)
+        return True
 
 
 async def _close_quietly(stream: Any) -> None:

@@ -122,6 +122,9 @@ class EventLog(Protocol):
       a token; it is still committed in order before any reader hears of it. If
       that commit fails, the channel's queued events are dropped (ids stay gapless)
       and the channel's next ``append`` raises the failure. A log may always wait.
+      ``append_nowait`` is the same as a plain call, for a caller that runs in a
+      callback (a model's bytes as they arrive): the queued event, or None when
+      it cannot be queued without waiting (then ``append`` is the way).
     - A commit whose outcome the log cannot know at once (its writer died with it,
       a connection dropped) is not a failure: the log finds out what was stored,
       tells ``on_commit`` of that as committed and commits the rest again under the
@@ -148,6 +151,7 @@ class EventLog(Protocol):
         """Create a running channel and append its ``meta`` event (id 1)."""
         ...
     async def append(self, channel_id: str, type: str, data: dict[str, Any], *, wait: bool = True) -> Event: ...
+    def append_nowait(self, channel_id: str, type: str, data: dict[str, Any]) -> Event | None: ...
     async def read_after(self, channel_id: str, after: int, limit: int = 1000) -> list[Event]: ...
     async def get_channel(self, channel_id: str) -> ChannelRecord | None:
         """The channel's record, its last event id included; None when there is no such channel."""

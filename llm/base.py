@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,14 +40,22 @@ class ModelError(Exception):
         self.retryable = retryable
 
 
+# Given to ``Provider.stream``: takes a chunk where it arrives, without the consumer's task
+# (True), or refuses it (False: the chunk, and every one after it, is yielded as usual).
+Take = Callable[[Chunk], bool]
+
+
 class Provider(Protocol):
     name: str
 
-    def stream(self, messages: list[dict[str, str]], options: ModelOptions = NO_OPTIONS) -> AsyncIterator[Chunk]:
+    def stream(self, messages: list[dict[str, str]], options: ModelOptions = NO_OPTIONS, *,
+               take: Take | None = None) -> AsyncIterator[Chunk]:
         """Stream the answer to ``messages`` (OpenAI chat format, system prompt first).
 
         Closing the iterator (or cancelling its consumer) must close the
-        upstream request promptly.
+        upstream request promptly. A provider may hand chunks to ``take`` as they
+        arrive, in order, before yielding the first one it refuses; it may also
+        never call it.
         """
         ...
 

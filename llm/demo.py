@@ -7,7 +7,7 @@ import hashlib
 import re
 from collections.abc import AsyncIterator
 
-from llm.base import NO_OPTIONS, Chunk, ModelOptions
+from llm.base import NO_OPTIONS, Chunk, ModelOptions, Take
 
 _OPENINGS = (
     "Here is what the offline demo model can tell you.",
@@ -56,8 +56,8 @@ class DemoProvider:
     def __init__(self, delay_ms: float = 30.0):
         self.delay_s = delay_ms / 1000
 
-    async def stream(self, messages: list[dict[str, str]], options: ModelOptions = NO_OPTIONS
-                     ) -> AsyncIterator[Chunk]:
+    async def stream(self, messages: list[dict[str, str]], options: ModelOptions = NO_OPTIONS, *,
+                     take: Take | None = None) -> AsyncIterator[Chunk]:
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         tokens = demo_tokens(question)
         finish_reason = "stop"

@@ -15,6 +15,11 @@ before, so a caller that only counts complete events as progress (the model
 provider) moves it forward on those and a byte-by-byte trickle cannot keep the
 request alive. Chunks are passed on as their bytes arrive, never held whole.
 
+A chunked body can also be pushed (``_Body.push``): its bytes are decoded in
+the connection's ``data_received`` and handed to the reader's sink there, so a
+model sending one token per chunk wakes no task per token; the reader's task
+sleeps until the sink asks for it, the body ends, or the deadline passes.
+
 Failures are raised as httpx2's own exceptions (``ConnectError``,
 ``ConnectTimeout``, ``ReadTimeout``, ``WriteTimeout``, ``RemoteProtocolError``)
 so the SDK and the provider classify them exactly as before.
@@ -26,7 +31,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx2
@@ -47,11 +52,16 @@ class _Buffered(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.drained: asyncio.Future[None] | None = None
         self.paused_reading = False
+        # While set (``_Body.push``), it takes every byte as it arrives, with nothing buffered.
+        self.push: Callable[[bytes], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.push is not None:
+            self.push(data)
+            return
         self.chunks.append(data)
         self.buffered += len(data)
         if self.buffered > MAX_BUFFERED_BYTES and not self.paused_reading:
@@ -239,6 +249,10 @@ class _Body(httpx2.AsyncByteStream):
         self.complete = self.remaining == 0 and not self.chunked
         self.closed = False
         self.deadline: float | None = None
+        self._decoder: _ChunkDecoder | None = None
+        self._sink: Callable[[bytes], bool] | None = None
+        self._stopped = False
+        self._failure: Exception | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self.chunked:
@@ -272,6 +286,71 @@ class _Body(httpx2.AsyncByteStream):
                         return
                     raise httpx2.RemoteProtocolError("peer closed connection without sending complete "
                                                      "message body")
+
+    async def push(self, sink: Callable[[bytes], bool]) -> None:
+        """Hand the body's bytes to ``sink`` as they arrive, in the connection's callback.
+
+        For chunked bodies (``pushable``). Returns once the body is complete, or once
+        ``sink`` returned False (it wants its task to run: call ``push`` again to go on;
+        meanwhile arriving bytes are buffered, with the usual back-pressure). Raises what
+        ends the body early, ``sink``'s own exceptions included, and ``ReadTimeout`` when
+        a wait passes ``deadline``, which ``sink`` may move on at any time.
+        """
+        connection, protocol = self.connection, self.connection.protocol
+        if self._decoder is None:
+            self._decoder = _ChunkDecoder()
+        self._sink, self._stopped = sink, False
+        try:
+            data, connection.buffer = connection.buffer, b""
+            if protocol.chunks:
+                data += b"".join(protocol.chunks)
+                protocol.chunks.clear()
+                protocol.take_all(protocol.buffered)
+            if data:
+                self._take(data)
+            while not (self.complete or self._stopped or self._failure):
+                if protocol.eof:
+                    raise httpx2.RemoteProtocolError("peer closed connection without sending complete message "
+                                                     "body (incomplete chunked read)")
+                loop = connection.loop
+                protocol.waiter = loop.create_future()
+                deadline = self.deadline if self.deadline is not None else (
+                    None if self.timeout is None else loop.time() + self.timeout)
+                if deadline is not None:
+                    connection._arm(loop, deadline)
+                protocol.push = self._take
+                try:
+                    await protocol.waiter
+                finally:
+                    protocol.push = None
+                    protocol.waiter = None
+                    connection._read_deadline = None
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                raise failure
+        finally:
+            self._sink = None
+
+    @property
+    def pushable(self) -> bool:
+        return self.chunked and not self.complete
+
+    def _take(self, data: bytes) -> None:
+        """Decode what arrived and give it to the sink; wake the task when it is needed."""
+        connection = self.connection
+        try:
+            body = self._decoder.feed(data)  # type: ignore[union-attr]
+            if body and not self._sink(body):  # type: ignore[misc]
+                self._stopped = True
+            if self._decoder.done:  # type: ignore[union-attr]
+                self.complete = True
+        except Exception as exc:  # raised by the task, not into the event loop's callback
+            self._failure = exc
+        if self.complete or self._stopped or self._failure is not None:
+            connection.protocol.push = None
+            connection.protocol._wake()
+        elif self.deadline is not None and connection._read_deadline is not None:
+            connection._read_deadline = self.deadline  # the watchdog follows the reader's deadline
 
     async def _more(self) -> bytes:
         data = await self.connection.read(self.timeout, self.deadline)

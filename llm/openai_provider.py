@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ import httpx2
 import openai
 import orjson
 
-from llm.base import NO_OPTIONS, Chunk, ModelError, ModelOptions
+from llm.base import NO_OPTIONS, Chunk, ModelError, ModelOptions, Take
 from llm.http11 import LeanBody, LeanTransport
 from retry_after import parse_retry_after
 from settings import Settings
@@ -110,22 +111,33 @@ class OpenAIProvider:
     async def close(self) -> None:
         await self.client.close()
 
-    async def stream(self, messages: list[dict[str, str]], options: ModelOptions = NO_OPTIONS
-                     ) -> AsyncIterator[Chunk]:
-        """Stream the answer; retry only while nothing has been yielded.
+    async def stream(self, messages: list[dict[str, str]], options: ModelOptions = NO_OPTIONS, *,
+                     take: Take | None = None) -> AsyncIterator[Chunk]:
+        """Stream the answer; retry only while nothing has been yielded or taken.
 
         Closing this iterator (or cancelling its consumer) closes the HTTP
         response, which closes the upstream connection. Retries happen only
         within the stall budget of the answer's start: a retry that could not
-        begin before it runs out is not made.
+        begin before it runs out is not made. With ``take``, chunks of a body the
+        lean transport pushes go to it first, as they arrive (``llm.base.Take``).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.stall_s  # nothing has arrived yet: every attempt shares this
         attempt = 0
+        taken = False
+
+        def take_once(chunk: Chunk) -> bool:
+            nonlocal taken
+            if take(chunk):  # type: ignore[misc]
+                taken = True
+                return True
+            return False
+
         while True:
             produced = False
             try:
-                async for chunk in self._stream_once(messages, options, deadline):
+                async for chunk in self._stream_once(messages, options, deadline,
+                                                     take_once if take is not None else None):
                     produced = True
                     yield chunk
                 return
@@ -135,7 +147,7 @@ class OpenAIProvider:
                 failure = refused.attempt
             except Exception as exc:  # the SDK's and the HTTP layer's errors, classified below
                 failure = self._classify(exc)
-            if produced:
+            if produced or taken:
                 raise self._final(_mid_answer(failure.error))
             if not failure.error.retryable or attempt >= self.retries:
                 raise self._final(failure.error)
@@ -149,7 +161,7 @@ class OpenAIProvider:
     # ---- one request -----------------------------------------------------
 
     async def _stream_once(self, messages: list[dict[str, str]], options: ModelOptions,
-                           deadline: float) -> AsyncIterator[Chunk]:
+                           deadline: float, take: Take | None = None) -> AsyncIterator[Chunk]:
         """One request. ``deadline`` (event-loop time) ends it with ``model_stalled`` unless a
         complete event carrying something arrives first; each one moves it ``stall_s`` on."""
         loop = asyncio.get_running_loop()
@@ -165,6 +177,10 @@ class OpenAIProvider:
             lean, pieces = _body_bytes(response) if self.unwrap_body else (None, response.aiter_bytes())
             if lean is not None:
                 lean.deadline = deadline  # the transport's watchdog ends a read waiting past it
+                if take is not None and lean.pushable and _identity(response):
+                    async for refused in self._pushed(lean, take):
+                        yield refused
+                    return
             stall_s = self.stall_s
             finished = False
             parser = SSEParser()
@@ -195,6 +211,31 @@ class OpenAIProvider:
             if not finished:
                 raise ModelError("model_unreachable", "The connection to the model ended before the answer "
                                  "was complete.", retryable=True)
+
+    async def _pushed(self, body: LeanBody, take: Take) -> AsyncIterator[Chunk]:
+        """The body pushed (``_Pusher``): what ``take`` refuses, and what ends the answer, is
+        yielded from here, in order; the rest never wakes this task."""
+        pusher = _Pusher(self, take, asyncio.get_running_loop(), body)
+        while True:
+            await body.push(pusher.feed)
+            while pusher.held:
+                yield pusher.held.popleft()
+            if pusher.failure is not None:
+                raise pusher.failure
+            if pusher.done:
+                return
+            if body.complete:
+                break
+        for payload in pusher.parser.end():
+            if payload == DONE_SENTINEL:
+                return
+            chunk = self._chunk(payload)
+            if chunk is not None:
+                pusher.finished = pusher.finished or chunk.finish_reason is not None
+                yield chunk
+        if not pusher.finished:
+            raise ModelError("model_unreachable", "The connection to the model ended before the answer "
+                             "was complete.", retryable=True)
 
     @asynccontextmanager
     async def _request(self, messages: list[dict[str, str]], options: ModelOptions
@@ -317,6 +358,54 @@ class OpenAIProvider:
         backoff_s = min(MAX_BACKOFF_S, self.retry_base_s * 2.0 ** attempt)
         backoff_s *= random.uniform(0.5, 1.0)  # spread out clients that failed together
         return max(backoff_s, retry_after_s or 0.0)
+
+
+class _Pusher:
+    """The sink of a pushed body (``LeanBody.push``), run in the connection's callback: each
+    complete event's chunk goes to ``take``; one it refuses is held, with every one after it,
+    for the provider's task to yield, and so is what ends the answer (``[DONE]``, a failure).
+
+    Events that carry something move the stall deadline on, as in the task's own loop; bytes
+    that arrive past it without completing one end the answer as stalled."""
+
+    __slots__ = ("provider", "take", "loop", "body", "parser", "held", "failure", "done", "finished")
+
+    def __init__(self, provider: OpenAIProvider, take: Take, loop: asyncio.AbstractEventLoop, body: LeanBody):
+        self.provider = provider
+        self.take = take
+        self.loop = loop
+        self.body = body
+        self.parser = SSEParser()
+        self.held: deque[Chunk] = deque()
+        self.failure: ModelError | None = None
+        self.done = False  # [DONE] arrived
+        self.finished = False  # a finish reason arrived
+
+    def feed(self, data: bytes) -> bool:
+        """Take ``data``; False when the task must run (something is held, or the answer ended)."""
+        try:
+            payloads = self.parser.feed(data)
+            progressed = False
+            held = self.held
+            for payload in payloads:
+                if payload == DONE_SENTINEL:
+                    self.done = True
+                    break
+                chunk = self.provider._chunk(payload) if payload else None
+                if chunk is None:
+                    continue  # comments and empty deltas are not progress
+                progressed = True
+                if chunk.finish_reason is not None:
+                    self.finished = True
+                if held or not self.take(chunk):
+                    held.append(chunk)
+            if progressed:
+                self.body.deadline = self.loop.time() + self.provider.stall_s
+            elif self.loop.time() >= self.body.deadline:  # type: ignore[operator]
+                raise self.provider._stalled()  # bytes keep coming, none of them a complete event
+        except ModelError as exc:
+            self.failure = exc
+        return not (self.held or self.done or self.failure is not None)
 
 
 class _Refused(Exception):
@@ -456,6 +545,11 @@ async def _sse_data(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             yield data
     for data in parser.end():
         yield data
+
+
+def _identity(response: httpx2.Response) -> bool:
+    """The body is sent as is (no content-encoding to undo)."""
+    return response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
 
 
 def _body_bytes(response: httpx2.Response) -> tuple[LeanBody | None, AsyncIterator[bytes]]:

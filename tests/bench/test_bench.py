@@ -71,7 +71,8 @@ async def test_arrivals_submit_anonymously_inside_the_measurement_and_count_ever
         assert (row["delivered"], row["lost"], row["duplicated"], row["out_of_order"]) == (40, 0, 0, 0)
         assert row["failed_streams"] == 0 and row["refused_count"] == 0 and row["endings"] == {"done": 4}
         assert row["p99_ms"] is not None
-        assert row["server_ms_per_setup"] > 0 and row["setup_s"] > 0 and row["arrival_lag_max_ms"] is not None
+        # (CPU is counted in clock ticks: four arrivals may cost less than one)
+        assert row["server_ms_per_setup"] >= 0 and row["setup_s"] > 0 and row["arrival_lag_max_ms"] is not None
         assert row["submit_p50_ms"] is not None and row["attach_p99_ms"] >= row["submit_p50_ms"] - 1e-9
         assert row["replayed"] == 0  # the client was there first: a late token is late, never a replay
     submit = rows[2]

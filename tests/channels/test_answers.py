@@ -14,7 +14,7 @@ from channels.hub import Hub
 from channels.limits import LimitExceeded, Limits
 from channels.presence import Presence
 from channels.store import Store
-from llm.base import NO_OPTIONS, Chunk, ModelOptions
+from llm.base import NO_OPTIONS, Chunk, ModelOptions, Take
 from llm.demo import DemoProvider
 from settings import Settings
 from tests.support.waiting import async_wait_until
@@ -29,8 +29,8 @@ class RecordingProvider(DemoProvider):
         super().__init__(0)
         self.asked: list[tuple[list[dict[str, str]], ModelOptions]] = []
 
-    async def stream(self, messages: list[dict[str, str]], options: ModelOptions = NO_OPTIONS
-                     ) -> AsyncIterator[Chunk]:
+    async def stream(self, messages: list[dict[str, str]], options: ModelOptions = NO_OPTIONS, *,
+                     take: Take | None = None) -> AsyncIterator[Chunk]:
         self.asked.append((messages, options))
         async for chunk in super().stream(messages, options):
             yield chunk

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,29 @@ from channels.generation import Completion, Generations
 from channels.presence import Presence
 from channels.sqlite import SQLiteStore
 from channels.store import Store
-from llm.base import Chunk, ModelError
+from llm.base import Chunk, ModelError, Take
 from tests.support.waiting import async_wait_until
 
 USER = "user-1"
+
+
+# Every generation test runs with each kind of provider: one that yields every chunk (the demo
+# model), and one that pushes them (the OpenAI-compatible one on the lean transport), offering
+# each to the generation's ``take`` first and yielding only what it refuses.
+_pushes = False
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["yielded", "pushed"])
+def provider_kind(request: pytest.FixtureRequest) -> Iterator[None]:
+    global _pushes
+    _pushes = request.param
+    yield
+    _pushes = False
+
+
+def taken(chunk: Chunk, take: Take | None) -> bool:
+    """Whether a pushing provider's ``take`` took the chunk (then it is not yielded)."""
+    return _pushes and take is not None and take(chunk)
 
 
 class ScriptedProvider:
@@ -33,11 +52,13 @@ class ScriptedProvider:
         self.closed = 0
         self.seen: list[list[dict[str, str]]] = []
 
-    async def stream(self, messages: list[dict[str, str]], options: Any = None) -> AsyncIterator[Chunk]:
+    async def stream(self, messages: list[dict[str, str]], options: Any = None, *,
+                     take: Take | None = None) -> AsyncIterator[Chunk]:
         self.seen.append(messages)
         try:
             for chunk in self.chunks:
-                yield chunk
+                if not taken(chunk, take):
+                    yield chunk
             if self.hold is not None:
                 await self.hold.wait()
             if self.error is not None:
@@ -216,10 +237,13 @@ class EndlessProvider:
         self.piece = piece
         self.closed = 0
 
-    async def stream(self, messages: list[dict[str, str]], options: Any = None) -> AsyncIterator[Chunk]:
+    async def stream(self, messages: list[dict[str, str]], options: Any = None, *,
+                     take: Take | None = None) -> AsyncIterator[Chunk]:
         try:
             while True:
-                yield Chunk(self.piece)
+                chunk = Chunk(self.piece)
+                if not taken(chunk, take):
+                    yield chunk
                 await asyncio.sleep(0)
         finally:
             self.closed += 1

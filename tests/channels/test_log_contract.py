@@ -133,6 +133,22 @@ async def test_nothing_can_be_appended_after_the_terminal_event(store: Store) ->
     assert [event.type for event in await store.read_after(channel, 0)] == [META, DONE]
 
 
+async def test_append_nowait_queues_in_order_or_says_it_cannot(store: Store) -> None:
+    channel = await new_channel(store)
+    first = await store.append(channel, DELTA, {"content": "a"}, wait=False)  # the log knows the channel now
+    queued = [store.append_nowait(channel, DELTA, {"content": text}) for text in "bcd"]
+    assert [event.id for event in queued if event is not None] == [first.id + 1, first.id + 2, first.id + 3]
+    assert store.append_nowait(channel, DONE, {"finish_reason": "stop"}) is None  # a terminal always waits
+    assert store.append_nowait(new_id(), DELTA, {"content": "x"}) is None  # a channel the log does not know
+    done = await store.append(channel, DONE, {"finish_reason": "stop"})
+    assert done.id == first.id + 4
+    assert store.append_nowait(channel, DELTA, {"content": "late"}) is None  # ended
+    stored = await store.read_after(channel, 0)
+    assert [event.type for event in stored] == [META, DELTA, DELTA, DELTA, DELTA, DONE]
+    assert "".join(event.data["content"] for event in stored if event.type == DELTA) == "abcd"
+    assert (await store.get_channel(channel)).status == DONE  # type: ignore[union-attr]
+
+
 async def test_racing_terminal_events_leave_exactly_one(store: Store) -> None:
     channel = await new_channel(store)
     results = await asyncio.gather(*(store.append(channel, terminal, data) for terminal, data in TERMINALS.items()),

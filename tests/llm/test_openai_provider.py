@@ -12,7 +12,7 @@ from email.utils import format_datetime
 import httpx2
 import pytest
 
-from llm.base import Chunk, ModelError
+from llm.base import Chunk, ModelError, Take
 from llm.openai_provider import MAX_LINE_BYTES, OpenAIProvider, SSEParser, _retry_after_s, _sse_data
 from settings import Settings
 from tests.support.openai_upstream import OpenAIUpstream, Reply
@@ -26,17 +26,41 @@ STALL_S = 0.5
 SLACK_S = 0.6
 
 
-# Every provider test runs on both request paths: the fast path's (the lean transport, sent
-# directly) and the SDK's (``CHIME_FAST_PATH=0``): requests, refusals and failures read the same.
+# Every provider test runs on each request path: the fast path's (the lean transport, sent
+# directly), the SDK's (``CHIME_FAST_PATH=0``), and the fast path with the body pushed to a
+# ``take`` as a generation gives it (``pushed``): requests, refusals, failures and the chunks
+# read the same.
 _fast_path = True
+_pushed = False
+REFUSE_EVERY = 3  # the pushed path's take refuses every third text chunk: the task yields it and what follows
 
 
-@pytest.fixture(autouse=True, params=[True, False], ids=["direct", "sdk"])
+@pytest.fixture(autouse=True, params=["direct", "sdk", "pushed"])
 def request_path(request: pytest.FixtureRequest) -> Iterator[None]:
-    global _fast_path
-    _fast_path = request.param
+    global _fast_path, _pushed
+    _fast_path, _pushed = request.param != "sdk", request.param == "pushed"
     yield
-    _fast_path = True
+    _fast_path, _pushed = True, False
+
+
+def taker(chunks: list[Chunk]) -> Take | None:
+    """On the pushed path, a take that keeps text chunks in ``chunks`` (as the generation appends
+    them) but refuses every ``REFUSE_EVERY``-th, and anything else, as the generation does."""
+    if not _pushed:
+        return None
+    offered = 0
+
+    def take(chunk: Chunk) -> bool:
+        nonlocal offered
+        if not chunk.content or chunk.usage is not None or chunk.finish_reason is not None:
+            return False
+        offered += 1
+        if offered % REFUSE_EVERY == 0:
+            return False
+        chunks.append(chunk)
+        return True
+
+    return take
 
 
 @pytest.fixture
@@ -56,7 +80,7 @@ def provider_for(upstream: OpenAIUpstream, **overrides: object) -> OpenAIProvide
 async def collect(provider: OpenAIProvider, message: str) -> tuple[list[Chunk], ModelError | None]:
     chunks: list[Chunk] = []
     try:
-        async for chunk in provider.stream([{"role": "user", "content": message}]):
+        async for chunk in provider.stream([{"role": "user", "content": message}], take=taker(chunks)):
             chunks.append(chunk)
     except ModelError as exc:
         return chunks, exc
@@ -78,6 +102,27 @@ async def test_a_streamed_answer_becomes_chunks_with_usage_and_finish_reason(ups
     assert [c.usage for c in chunks if c.usage] == [{"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}]
     [request] = upstream.requests
     assert "temperature" not in request.body and "max_tokens" not in request.body
+
+
+async def test_a_pushed_body_gives_its_text_to_take_without_yielding_it(upstream: OpenAIUpstream) -> None:
+    upstream.when("push", Reply(tokens=["a ", "b ", "c "], finish_reason="stop"))
+    provider = provider_for(upstream, fast_path=True)
+    taken: list[str] = []
+
+    def take(chunk: Chunk) -> bool:
+        if not chunk.content or chunk.finish_reason is not None or chunk.usage is not None:
+            return False
+        taken.append(chunk.content)
+        return True
+
+    for _ in range(2):
+        taken.clear()
+        yielded = [chunk async for chunk in provider.stream([{"role": "user", "content": "push"}], take=take)]
+        assert taken == ["a ", "b ", "c "]
+        assert not any(chunk.content for chunk in yielded)  # none of the text woke the reader's task
+        assert [chunk.finish_reason for chunk in yielded if chunk.finish_reason] == ["stop"]
+        assert [chunk.usage for chunk in yielded if chunk.usage]
+    await provider.close()
 
 
 @pytest.mark.parametrize("fast_path", [True, False])
@@ -269,7 +314,7 @@ async def test_an_error_inside_the_stream_is_reported(upstream: OpenAIUpstream) 
 async def test_closing_the_stream_closes_the_upstream_connection(upstream: OpenAIUpstream) -> None:
     upstream.when("long", Reply(tokens=["x "] * 1000, token_delay_s=0.01))
     provider = provider_for(upstream)
-    stream = provider.stream([{"role": "user", "content": "long"}])
+    stream = provider.stream([{"role": "user", "content": "long"}], take=taker([]))
     async for chunk in stream:
         if chunk.content:
             break
@@ -288,7 +333,7 @@ async def test_cancelling_the_reader_closes_the_upstream_connection(upstream: Op
     got_one = asyncio.Event()
 
     async def read() -> None:
-        async for _chunk in provider.stream([{"role": "user", "content": "long"}]):
+        async for _chunk in provider.stream([{"role": "user", "content": "long"}], take=taker([])):
             got_one.set()
 
     task = asyncio.create_task(read())

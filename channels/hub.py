@@ -91,7 +91,8 @@ class Feed:
             self.first_id = self.tail[0].id
         if self._followers:
             self._write_followers(events)
-        self.wake()
+        if self._waiters:
+            self.wake()
 
     def _write_followers(self, events: Sequence[Event]) -> None:
         now = self._running_loop().time()

@@ -124,20 +124,11 @@ class OpenAIProvider:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.stall_s  # nothing has arrived yet: every attempt shares this
         attempt = 0
-        taken = False
-
-        def take_once(chunk: Chunk) -> bool:
-            nonlocal taken
-            if take(chunk):  # type: ignore[misc]
-                taken = True
-                return True
-            return False
-
+        taken = _Taken(take) if take is not None else None
         while True:
             produced = False
             try:
-                async for chunk in self._stream_once(messages, options, deadline,
-                                                     take_once if take is not None else None):
+                async for chunk in self._stream_once(messages, options, deadline, taken):
                     produced = True
                     yield chunk
                 return
@@ -147,7 +138,7 @@ class OpenAIProvider:
                 failure = refused.attempt
             except Exception as exc:  # the SDK's and the HTTP layer's errors, classified below
                 failure = self._classify(exc)
-            if produced or taken:
+            if produced or (taken is not None and taken.any):
                 raise self._final(_mid_answer(failure.error))
             if not failure.error.retryable or attempt >= self.retries:
                 raise self._final(failure.error)
@@ -161,7 +152,7 @@ class OpenAIProvider:
     # ---- one request -----------------------------------------------------
 
     async def _stream_once(self, messages: list[dict[str, str]], options: ModelOptions,
-                           deadline: float, take: Take | None = None) -> AsyncIterator[Chunk]:
+                           deadline: float, taken: _Taken | None = None) -> AsyncIterator[Chunk]:
         """One request. ``deadline`` (event-loop time) ends it with ``model_stalled`` unless a
         complete event carrying something arrives first; each one moves it ``stall_s`` on."""
         loop = asyncio.get_running_loop()
@@ -177,8 +168,8 @@ class OpenAIProvider:
             lean, pieces = _body_bytes(response) if self.unwrap_body else (None, response.aiter_bytes())
             if lean is not None:
                 lean.deadline = deadline  # the transport's watchdog ends a read waiting past it
-                if take is not None and lean.pushable and _identity(response):
-                    async for refused in self._pushed(lean, take):
+                if taken is not None and lean.pushable and _identity(response):
+                    async for refused in self._pushed(lean, taken):
                         yield refused
                     return
             stall_s = self.stall_s
@@ -212,10 +203,10 @@ class OpenAIProvider:
                 raise ModelError("model_unreachable", "The connection to the model ended before the answer "
                                  "was complete.", retryable=True)
 
-    async def _pushed(self, body: LeanBody, take: Take) -> AsyncIterator[Chunk]:
+    async def _pushed(self, body: LeanBody, taken: _Taken) -> AsyncIterator[Chunk]:
         """The body pushed (``_Pusher``): what ``take`` refuses, and what ends the answer, is
         yielded from here, in order; the rest never wakes this task."""
-        pusher = _Pusher(self, take, asyncio.get_running_loop(), body)
+        pusher = _Pusher(self, taken, asyncio.get_running_loop(), body)
         while True:
             await body.push(pusher.feed)
             while pusher.held:
@@ -360,6 +351,16 @@ class OpenAIProvider:
         return max(backoff_s, retry_after_s or 0.0)
 
 
+class _Taken:
+    """A stream's ``take``, and whether it took anything: then a failure is mid-answer, not retried."""
+
+    __slots__ = ("take", "any")
+
+    def __init__(self, take: Take):
+        self.take = take
+        self.any = False
+
+
 class _Pusher:
     """The sink of a pushed body (``LeanBody.push``), run in the connection's callback: each
     complete event's chunk goes to ``take``; one it refuses is held, with every one after it,
@@ -368,11 +369,12 @@ class _Pusher:
     Events that carry something move the stall deadline on, as in the task's own loop; bytes
     that arrive past it without completing one end the answer as stalled."""
 
-    __slots__ = ("provider", "take", "loop", "body", "parser", "held", "failure", "done", "finished")
+    __slots__ = ("provider", "taken", "take", "loop", "body", "parser", "held", "failure", "done", "finished")
 
-    def __init__(self, provider: OpenAIProvider, take: Take, loop: asyncio.AbstractEventLoop, body: LeanBody):
+    def __init__(self, provider: OpenAIProvider, taken: _Taken, loop: asyncio.AbstractEventLoop, body: LeanBody):
         self.provider = provider
-        self.take = take
+        self.taken = taken
+        self.take = taken.take
         self.loop = loop
         self.body = body
         self.parser = SSEParser()
@@ -399,6 +401,8 @@ class _Pusher:
                     self.finished = True
                 if held or not self.take(chunk):
                     held.append(chunk)
+                else:
+                    self.taken.any = True
             if progressed:
                 self.body.deadline = self.loop.time() + self.provider.stall_s
             elif self.loop.time() >= self.body.deadline:  # type: ignore[operator]

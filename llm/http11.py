@@ -20,6 +20,11 @@ the connection's ``data_received`` and handed to the reader's sink there, so a
 model sending one token per chunk wakes no task per token; the reader's task
 sleeps until the sink asks for it, the body ends, or the deadline passes.
 
+A reader that stops at a body's last event (the model's ``[DONE]``) marks it
+``only_end_left``: closing the body then waits, in the connection's callback,
+for the last chunk and its CRLF, and keeps the connection for the next request;
+anything else, or nothing within ``END_WAIT_S``, closes it.
+
 Failures are raised as httpx2's own exceptions (``ConnectError``,
 ``ConnectTimeout``, ``ReadTimeout``, ``WriteTimeout``, ``RemoteProtocolError``)
 so the SDK and the provider classify them exactly as before.
@@ -118,6 +123,10 @@ async def _wait(future: asyncio.Future[None], timeout: float | None, error: type
 # Idle keep-alive connections kept per host, and for how long.
 MAX_IDLE_PER_HOST = 100
 KEEPALIVE_EXPIRY_S = 5.0
+# How long, and for how many bytes, a body whose reader stopped at its last event is waited
+# for to end (``_Body.only_end_left``) before its connection is closed rather than kept.
+END_WAIT_S = 1.0
+MAX_END_BYTES = 1024
 MAX_HEAD_BYTES = 64 * 1024
 # A chunk-size line (with any extensions) longer than this is not HTTP/1.1.
 MAX_CHUNK_LINE_BYTES = 4 * 1024
@@ -253,17 +262,19 @@ class _Body(httpx2.AsyncByteStream):
         self._sink: Callable[[bytes], bool] | None = None
         self._stopped = False
         self._failure: Exception | None = None
+        self.only_end_left = False  # the reader has what it wanted: what is left is the body's end
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self.chunked:
-            decoder = _ChunkDecoder()
+            decoder = self._decoder = self._decoder or _ChunkDecoder()
             data, self.connection.buffer = self.connection.buffer, b""
             while True:
                 body = decoder.feed(data)
+                if decoder.done:
+                    self.complete = True  # before the last piece: a reader may stop at it
                 if body:
                     yield body
-                if decoder.done:
-                    self.complete = True
+                if self.complete:
                     return
                 data = await self._more()
         else:
@@ -363,7 +374,78 @@ class _Body(httpx2.AsyncByteStream):
         if self.closed:
             return
         self.closed = True
-        if self.complete and self.keep_alive:
+        decoder = self._decoder
+        if self.keep_alive and self.chunked and decoder is not None and (self.complete or self.only_end_left):
+            if decoder.ended:
+                self.owner.release(self.connection)
+            elif decoder.spoiled:
+                self.connection.close()
+            else:
+                self._finish_then_release()
+        elif self.complete and self.keep_alive and not self.chunked:
+            self.owner.release(self.connection)
+        else:
+            self.connection.close()
+
+    def _finish_then_release(self) -> None:
+        """Wait, apart from the reader, for the chunked body's last bytes (a model may write its
+        ``[DONE]``, the last chunk and its CRLF apart), then keep the connection for the next
+        request; anything but the end, or no end within ``END_WAIT_S``, closes it."""
+        assert self._decoder is not None
+        _EndWait(self.owner, self.connection, self._decoder).start()
+
+
+class _EndWait:
+    """``_Body._finish_then_release``: the bytes after a body's last event, in the connection's callback."""
+
+    def __init__(self, owner: LeanTransport, connection: _Connection, decoder: _ChunkDecoder):
+        self.owner = owner
+        self.connection = connection
+        self.decoder = decoder
+        self.seen = 0
+        self.over = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        connection, protocol = self.connection, self.connection.protocol
+        arrived = [connection.buffer, *protocol.chunks]
+        connection.buffer = b""
+        protocol.chunks.clear()
+        protocol.take_all(protocol.buffered)
+        for data in arrived:
+            if data:
+                self.take(data)
+        if self.over:
+            return
+        if protocol.eof or connection.transport.is_closing():
+            self.finish(False)
+            return
+        protocol.push = self.take
+        self.timer = connection.loop.call_later(END_WAIT_S, self.finish, False)
+
+    def take(self, data: bytes) -> None:
+        if self.over:
+            return
+        self.seen += len(data)
+        try:
+            more_body = self.decoder.feed(data)
+        except httpx2.RemoteProtocolError:
+            self.finish(False)
+            return
+        if more_body or self.seen > MAX_END_BYTES or self.decoder.spoiled:
+            self.finish(False)  # not just the end: the connection cannot be trusted with another request
+        elif self.decoder.ended:
+            self.finish(True)
+
+    def finish(self, reusable: bool) -> None:
+        if self.over:
+            return
+        self.over = True
+        protocol = self.connection.protocol
+        protocol.push = None
+        if self.timer is not None:
+            self.timer.cancel()
+        if reusable and not protocol.eof:
             self.owner.release(self.connection)
         else:
             self.connection.close()
@@ -380,10 +462,23 @@ class _ChunkDecoder:
         self.pending = b""
         self.left = 0  # bytes of the current chunk's data still to come
         self.crlf = False  # the current chunk's data ended; its CRLF is next
-        self.done = False
+        self.done = False  # the last chunk (size 0) came: the body is whole
+        self.after = b""  # what came after the last chunk's size line
+
+    @property
+    def ended(self) -> bool:
+        """The body's very last bytes came, and nothing after them (no trailers, no junk):
+        the connection is at the start of the next response."""
+        return self.done and self.after == b"\r\n"
+
+    @property
+    def spoiled(self) -> bool:
+        """Something other than the body's last CRLF came after its last chunk."""
+        return self.done and not b"\r\n".startswith(self.after)
 
     def feed(self, data: bytes) -> bytes:
         if self.done:
+            self.after += data[:3]  # (three bytes are enough to tell it is not just CRLF)
             return b""
         buffer = self.pending + data if self.pending else data
         size = len(buffer)
@@ -418,7 +513,8 @@ class _ChunkDecoder:
             if chunk_size < 0:
                 raise httpx2.RemoteProtocolError("malformed chunk size in the model's response")
             if chunk_size == 0:
-                self.done = True  # trailers, if any, are ignored
+                self.done = True  # trailers, if any, are ignored (and the connection not kept)
+                self.after = buffer[line_end + 2:line_end + 5]
                 return b"".join(out)
             self.left = chunk_size
             position = line_end + 2

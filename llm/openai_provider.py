@@ -179,6 +179,8 @@ class OpenAIProvider:
                 progressed = False
                 for payload in parser.feed(piece):
                     if payload == DONE_SENTINEL:
+                        if lean is not None:
+                            lean.only_end_left = True  # its connection may serve the next answer
                         return
                     chunk = self._chunk(payload) if payload else None
                     if chunk is None:
@@ -214,6 +216,7 @@ class OpenAIProvider:
             if pusher.failure is not None:
                 raise pusher.failure
             if pusher.done:
+                body.only_end_left = True  # its connection may serve the next answer
                 return
             if body.complete:
                 break

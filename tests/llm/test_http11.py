@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx2
 import pytest
 
+from llm import http11
 from llm.http11 import LeanBody, LeanTransport, _ChunkDecoder
+from tests.support.waiting import async_wait_until
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -32,6 +34,7 @@ class Server:
     def __init__(self, handler: Handler):
         self.handler = handler
         self.connections = 0
+        self.closed = 0  # connections the client closed (or that ended)
         self.server: asyncio.Server | None = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -41,6 +44,7 @@ class Server:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.closed += 1
             writer.close()
 
     @property
@@ -80,6 +84,21 @@ def test_the_chunk_decoder_gives_the_body_however_the_bytes_are_split() -> None:
         assert decoder.done and body == b"".join(pieces)
 
 
+@pytest.mark.parametrize("pieces, ended", [
+    ([b"3\r\nabc\r\n0\r\n\r\n"], True),
+    ([b"3\r\nabc\r\n0\r\n", b"\r\n"], True),
+    ([b"3\r\nabc\r\n0\r\n\r", b"\n"], True),
+    ([b"3\r\nabc\r\n0\r\nx-trailer: 1\r\n\r\n"], False),
+    ([b"3\r\nabc\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n"], False),
+    ([b"3\r\nabc\r\n0\r\n", b"\r\n", b"late"], False),
+], ids=["at-once", "crlf-apart", "cr-lf-apart", "trailer", "bytes-after", "bytes-later"])
+def test_a_body_has_ended_only_with_its_last_crlf_and_nothing_after(pieces: list[bytes], ended: bool) -> None:
+    decoder = _ChunkDecoder()
+    body = b"".join(decoder.feed(piece) for piece in pieces)
+    assert body == b"abc" and decoder.done  # whole for its reader either way
+    assert decoder.ended is ended and decoder.spoiled is not ended  # only then is its connection kept
+
+
 def test_a_huge_chunk_is_passed_on_as_it_arrives_not_held_whole() -> None:
     piece = b"x" * 65536
     decoder = _ChunkDecoder()
@@ -115,6 +134,71 @@ async def test_a_streamed_chunked_answer_arrives_whole_and_the_connection_is_reu
                 body = b"".join([piece async for piece in response.aiter_bytes()])
             assert body == b"".join(b"tok%d " % n for n in range(20))
     assert server.connections == 1
+
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+LAST_EVENT = b"data: [DONE]\n\n"
+
+
+def last_event_then(after: bytes, read: asyncio.Event | None) -> Handler:
+    """Each request's answer: one chunk, its last event, then ``after`` (at once, or once the
+    client has read that event and let the body go, when ``read`` is given)."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(HEAD + b"%x\r\n%s\r\n" % (len(LAST_EVENT), LAST_EVENT))
+            await writer.drain()
+            if read is not None:
+                await read.wait()
+                read.clear()
+            writer.write(after)
+            await writer.drain()
+    return handler
+
+
+async def left_at_its_last_event(transport: LeanTransport, url: str, read: asyncio.Event | None) -> None:
+    """A request whose reader stops at the body's last event, as the provider does at ``[DONE]``."""
+    response = await transport.handle_async_request(httpx2.Request("POST", url + "/v1/chat", content=b"{}"))
+    body = response.stream
+    assert isinstance(body, LeanBody)
+    async for piece in body:
+        assert piece == LAST_EVENT
+        break
+    body.only_end_left = True
+    await body.aclose()
+    if read is not None:
+        read.set()
+
+
+def idle(transport: LeanTransport) -> int:
+    return sum(map(len, transport._idle.values()))
+
+
+@pytest.mark.parametrize("apart", [False, True], ids=["with-the-event", "apart"])
+async def test_a_body_left_at_its_last_event_keeps_its_connection_once_its_end_arrives(serve, apart: bool) -> None:
+    read = asyncio.Event() if apart else None
+    server = await serve(last_event_then(b"0\r\n\r\n", read))
+    transport = LeanTransport()
+    for _ in range(3):
+        await left_at_its_last_event(transport, server.url, read)
+        await async_wait_until(lambda: idle(transport) == 1, 5, "the connection to be kept for the next request")
+    assert server.connections == 1
+    await transport.aclose()
+
+
+@pytest.mark.parametrize("after", [b"5\r\nmore!\r\n0\r\n\r\n", b"not a chunk at all\r\n", b""],
+                         ids=["more-body", "garbage", "no-end"])
+async def test_a_body_that_does_not_just_end_after_its_last_event_closes_its_connection(
+        serve, after: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http11, "END_WAIT_S", 0.2)
+    read = asyncio.Event()
+    server = await serve(last_event_then(after, read))
+    transport = LeanTransport()
+    for connections in (1, 2):
+        await left_at_its_last_event(transport, server.url, read)
+        await async_wait_until(lambda: server.closed == server.connections, 5, "the connection to be closed")
+        assert server.connections == connections and idle(transport) == 0
+    await transport.aclose()
 
 
 async def test_content_length_and_read_to_close_bodies(serve) -> None:

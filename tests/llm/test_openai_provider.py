@@ -125,6 +125,23 @@ async def test_a_pushed_body_gives_its_text_to_take_without_yielding_it(upstream
     await provider.close()
 
 
+async def test_the_next_answer_reuses_the_connection_of_a_finished_one(upstream: OpenAIUpstream) -> None:
+    upstream.when("again", Reply(tokens=["a ", "b "]))  # its [DONE] and the body's end are written apart
+    provider = provider_for(upstream, fast_path=True)
+    assert provider._direct is not None
+    idle = provider._direct._idle
+    kept = []
+    for _ in range(3):
+        chunks: list[Chunk] = []
+        async for chunk in provider.stream([{"role": "user", "content": "again"}], take=taker(chunks)):
+            chunks.append(chunk)
+        assert text(chunks) == "a b "
+        await async_wait_until(lambda: sum(map(len, idle.values())) == 1, 5, "the connection to be kept")
+        kept.append(next(iter(idle.values()))[0])
+    assert kept[0] is kept[1] is kept[2]
+    await provider.close()
+
+
 @pytest.mark.parametrize("fast_path", [True, False])
 async def test_the_body_is_read_the_same_with_the_fast_path_off(upstream: OpenAIUpstream, fast_path: bool) -> None:
     upstream.when("hello", Reply(tokens=["Hi", " there", "!"], finish_reason="stop"))

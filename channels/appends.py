@@ -68,11 +68,7 @@ class AppendQueue:
         if (log_ is None or log_.closed or type in TERMINAL_TYPES or len(self._pending) >= self.max_unawaited
                 or channel_id in self._failures):
             return None
-        event = Event.make(channel_id, log_.next_id, type, data)
-        log_.next_id += 1
-        self._pending.append(Pending(event, None, True, _text(type, data)))
-        self._wake.set()
-        return event
+        return self._queue(log_, channel_id, type, data, None)
 
     async def append(self, channel_id: str, type: str, data: dict[str, Any], *, wait: bool = True) -> Event:
         """See ``EventLog.append``; ``wait=False`` returns once the event is queued (not for terminals)."""
@@ -84,19 +80,23 @@ class AppendQueue:
             log_ = await self._load_log(channel_id)
         if log_.closed:
             raise ChannelClosed(channel_id)
-        event = Event.make(channel_id, log_.next_id, type, data)
-        log_.next_id += 1
-        text = _text(type, data)
         if type in TERMINAL_TYPES:
             log_.closed = True
         elif not wait and len(self._pending) < self.max_unawaited:
-            self._pending.append(Pending(event, None, True, text))
-            self._wake.set()
-            return event
+            return self._queue(log_, channel_id, type, data, None)
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._pending.append(Pending(event, future, False, text))
-        self._wake.set()
+        self._queue(log_, channel_id, type, data, future)
         return await future
+
+    def _queue(self, log_: ChannelLog, channel_id: str, type: str, data: dict[str, Any],
+               future: asyncio.Future[Event] | None) -> Event:
+        """The channel's next event, queued for the committer; with no future, its id is revealed."""
+        event = Event.make(channel_id, log_.next_id, type, data)
+        log_.next_id += 1
+        text = data.get("content", "") if type == DELTA else ""
+        self._pending.append(Pending(event, future, future is None, text if isinstance(text, str) else ""))
+        self._wake.set()
+        return event
 
     async def _flush_channels(self, channels: set[str]) -> None:
         """Wait until every pending event of these channels is committed (or failed).
@@ -142,9 +142,3 @@ class AppendQueue:
                 self.on_failure(failed)
             except Exception:
                 log.exception("on_failure listener failed")
-
-
-def _text(type: str, data: dict[str, Any]) -> str:
-    """What the event adds to the answer's text: a delta's content."""
-    text = data.get("content", "") if type == DELTA else ""
-    return text if isinstance(text, str) else ""

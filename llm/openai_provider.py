@@ -194,16 +194,8 @@ class OpenAIProvider:
                         lean.deadline = deadline
                 elif loop.time() >= deadline:
                     raise self._stalled()  # bytes keep coming, none of them a complete event
-            for payload in parser.end():
-                if payload == DONE_SENTINEL:
-                    return
-                chunk = self._chunk(payload)
-                if chunk is not None:
-                    finished = finished or chunk.finish_reason is not None
-                    yield chunk
-            if not finished:
-                raise ModelError("model_unreachable", "The connection to the model ended before the answer "
-                                 "was complete.", retryable=True)
+            async for last in self._body_ended(parser, finished):
+                yield last
 
     async def _pushed(self, body: LeanBody, taken: _Taken) -> AsyncIterator[Chunk]:
         """The body pushed (``_Pusher``): what ``take`` refuses, and what ends the answer, is
@@ -220,14 +212,20 @@ class OpenAIProvider:
                 return
             if body.complete:
                 break
-        for payload in pusher.parser.end():
+        async for last in self._body_ended(pusher.parser, pusher.finished):
+            yield last
+
+    async def _body_ended(self, parser: SSEParser, finished: bool) -> AsyncIterator[Chunk]:
+        """The body ended without ``[DONE]``: what an unterminated last event holds, then
+        ``model_unreachable`` unless a finish reason (``finished``, or in that event) came."""
+        for payload in parser.end():
             if payload == DONE_SENTINEL:
                 return
             chunk = self._chunk(payload)
             if chunk is not None:
-                pusher.finished = pusher.finished or chunk.finish_reason is not None
+                finished = finished or chunk.finish_reason is not None
                 yield chunk
-        if not pusher.finished:
+        if not finished:
             raise ModelError("model_unreachable", "The connection to the model ended before the answer "
                              "was complete.", retryable=True)
 
@@ -569,7 +567,4 @@ def _body_bytes(response: httpx2.Response) -> tuple[LeanBody | None, AsyncIterat
     stream = response.stream if isinstance(response.stream, LeanBody) else getattr(response.stream, "_stream", None)
     if not isinstance(stream, LeanBody):
         return None, response.aiter_bytes()
-    encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return stream, stream.__aiter__()
-    return stream, response.aiter_bytes()
+    return stream, stream.__aiter__() if _identity(response) else response.aiter_bytes()

@@ -181,6 +181,17 @@ class _Connection:
             return data
         return b""
 
+    def arrived(self) -> bytes:
+        """Every byte that has arrived and not been read (what followed the response head, then
+        what the protocol holds), taken now."""
+        protocol = self.protocol
+        data, self.buffer = self.buffer, b""
+        if protocol.chunks:
+            data += b"".join(protocol.chunks)
+            protocol.chunks.clear()
+            protocol.take_all(protocol.buffered)
+        return data
+
     def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         self._read_deadline = deadline
         if self._watchdog is not None and self._watchdog.when() > deadline:
@@ -312,11 +323,7 @@ class _Body(httpx2.AsyncByteStream):
             self._decoder = _ChunkDecoder()
         self._sink, self._stopped = sink, False
         try:
-            data, connection.buffer = connection.buffer, b""
-            if protocol.chunks:
-                data += b"".join(protocol.chunks)
-                protocol.chunks.clear()
-                protocol.take_all(protocol.buffered)
+            data = connection.arrived()
             if data:
                 self._take(data)
             while not (self.complete or self._stopped or self._failure):
@@ -381,22 +388,18 @@ class _Body(httpx2.AsyncByteStream):
             elif decoder.spoiled:
                 self.connection.close()
             else:
-                self._finish_then_release()
+                _EndWait(self.owner, self.connection, decoder).start()
         elif self.complete and self.keep_alive and not self.chunked:
             self.owner.release(self.connection)
         else:
             self.connection.close()
 
-    def _finish_then_release(self) -> None:
-        """Wait, apart from the reader, for the chunked body's last bytes (a model may write its
-        ``[DONE]``, the last chunk and its CRLF apart), then keep the connection for the next
-        request; anything but the end, or no end within ``END_WAIT_S``, closes it."""
-        assert self._decoder is not None
-        _EndWait(self.owner, self.connection, self._decoder).start()
-
 
 class _EndWait:
-    """``_Body._finish_then_release``: the bytes after a body's last event, in the connection's callback."""
+    """A body whose reader stopped at its last event: wait, apart from the reader and in the
+    connection's callback, for the chunked body's last bytes (a model may write its ``[DONE]``,
+    the last chunk and its CRLF apart), then keep the connection for the next request;
+    anything but the end, or no end within ``END_WAIT_S``, closes it."""
 
     def __init__(self, owner: LeanTransport, connection: _Connection, decoder: _ChunkDecoder):
         self.owner = owner
@@ -408,13 +411,9 @@ class _EndWait:
 
     def start(self) -> None:
         connection, protocol = self.connection, self.connection.protocol
-        arrived = [connection.buffer, *protocol.chunks]
-        connection.buffer = b""
-        protocol.chunks.clear()
-        protocol.take_all(protocol.buffered)
-        for data in arrived:
-            if data:
-                self.take(data)
+        data = connection.arrived()
+        if data:
+            self.take(data)
         if self.over:
             return
         if protocol.eof or connection.transport.is_closing():

@@ -51,7 +51,8 @@ class Keys:
         return f"{self.prefix}:ch:{{{channel_id}}}:text"
 
     def wake(self, channel_id: str) -> str:
-        return f"{self.prefix}:ch:{{{channel_id}}}:wake"
+        # The append script is not given this name: it publishes on the hash's key + ":wake".
+        return self.channel(channel_id) + ":wake"
 
     def appending(self, channel_id: str) -> tuple[str, str, str]:
         """A channel's keys for the append script, in its order (after ``running``)."""

@@ -263,7 +263,11 @@ class Window:
 
     def cpu_pct(self, name: str) -> float | None:
         meter = self.meters[name]
-        return None if meter is None or not self.wall_s else 100 * meter.used_s / self.wall_s
+        return None if meter is None else self.pct(meter.used_s)
+
+    def pct(self, cpu_s: float) -> float | None:
+        """CPU seconds over the row as % of one core (None for a row of no time)."""
+        return 100 * cpu_s / self.wall_s if self.wall_s else None
 
     def other_cpu_pct(self) -> float | None:
         """CPU of the machine's other processes over the row (another job's), % of one core."""
@@ -331,11 +335,11 @@ def row(scenario: str, transport: str, streams: int, totals: Totals, window: Win
         "redis_cpu_pct": window.cpu_pct("redis"),
         "redis_peak_rss_mb": redis_peak,
         "loadgen_us_per_token": window.per_token_us("loadgen", delivered),
-        "loadgen_cpu_pct": 100 * loadgen_s / window.wall_s if window.wall_s else None,
+        "loadgen_cpu_pct": window.pct(loadgen_s),
         "other_cpu_pct": window.other_cpu_pct(),
-        "interrupts_cpu_pct": 100 * window.machine.interrupts_s / window.wall_s if window.wall_s else None,
-        "stolen_cpu_pct": 100 * window.machine.stolen_s / window.wall_s if window.wall_s else None,
-        "idle_cpu_pct": 100 * window.machine.idle_s / window.wall_s if window.wall_s else None,
+        "interrupts_cpu_pct": window.pct(window.machine.interrupts_s),
+        "stolen_cpu_pct": window.pct(window.machine.stolen_s),
+        "idle_cpu_pct": window.pct(window.machine.idle_s),
         "wall_s": window.wall_s,
         "store": store.kind, "processes": store.processes,
     }

@@ -32,6 +32,9 @@ class Totals:
 
     latencies_ns: array[int] = field(default_factory=lambda: array("q"))
     emitted_ns: array[int] = field(default_factory=lambda: array("q"))  # each latency's token's emission
+    # Per stream that ended with its terminal event: from its last token's emission (the model
+    # finishes right after it) to the terminal event's arrival.
+    end_latencies_ns: array[int] = field(default_factory=lambda: array("q"))
     delivered: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -46,7 +49,7 @@ class Totals:
 class Tally:
     """One stream's tokens, in order, exactly once."""
 
-    __slots__ = ("totals", "expected", "first_seq", "next_seq", "seen", "attached_ns")
+    __slots__ = ("totals", "expected", "first_seq", "next_seq", "seen", "attached_ns", "last_emitted_ns")
 
     def __init__(self, totals: Totals, expected: int, first_seq: int = 0):
         self.totals = totals
@@ -55,6 +58,7 @@ class Tally:
         self.next_seq = first_seq
         self.seen: set[int] | None = None  # only kept once something arrived out of order
         self.attached_ns = 0
+        self.last_emitted_ns = 0
 
     def tokens(self, data: bytes, received_ns: int) -> int:
         """Count the tokens in ``data``; returns where the last one ends (0: none)."""
@@ -75,6 +79,7 @@ class Tally:
             else:
                 latencies.append(received_ns - emitted_ns)
                 emissions.append(emitted_ns)
+                self.last_emitted_ns = emitted_ns
                 if not live and (not totals.first_emitted_ns or emitted_ns < totals.first_emitted_ns):
                     totals.first_emitted_ns = emitted_ns
                 live += 1
@@ -92,6 +97,11 @@ class Tally:
             self.totals.out_of_order += 1
         self.seen.add(seq)
         self.next_seq = max(self.next_seq, seq + 1)
+
+    def ended(self, received_ns: int) -> None:
+        """The terminal event arrived: how long after the last live token was emitted."""
+        if self.last_emitted_ns:
+            self.totals.end_latencies_ns.append(received_ns - self.last_emitted_ns)
 
     def close(self, ending: str) -> None:
         got = len(self.seen) if self.seen is not None else self.next_seq - self.first_seq
@@ -163,6 +173,7 @@ class _Reader(asyncio.Protocol):
         last = self.tally.tokens(text, now)
         found = terminal.search(text)
         if found:
+            self.tally.ended(now)
             self.end(found[1].decode())
             return
         self.carry = text[max(last, len(text) - CARRY_BYTES):]
@@ -209,6 +220,7 @@ class ResponsesReader(_Reader):
             text = text[cut:]
         found = self.TERMINAL.search(text)
         if found:
+            self.tally.ended(now)
             self.end(found[1].decode())
             return
         self.carry = text[-CARRY_BYTES:]
@@ -255,6 +267,7 @@ class WSReader(_Reader):
             self.tally.tokens(payload, now)
             found = self.TERMINAL.search(payload)
             if found:
+                self.tally.ended(now)
                 self.ending = found[1].decode()
             return True
         if opcode == 9:

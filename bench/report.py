@@ -42,6 +42,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("p99_head_ms", "p99 1st s", "{:.1f}"),
     ("p99_mid_ms", "p99 mid", "{:.1f}"),
     ("p99_tail_ms", "p99 last s", "{:.1f}"),
+    ("end_p99_ms", "end p99", "{:.1f}"),
     ("tokens_per_s", "tok/s", "{:,.0f}"),
     ("server_us_per_token", "srv µs/tok", "{:.1f}"),
     ("loop_us_per_token", "loop µs/tok", "{:.1f}"),

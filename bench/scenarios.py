@@ -290,11 +290,14 @@ def _system_share(meter: CpuMeter | None) -> float | None:
 def latency_figures(totals: Totals) -> dict[str, float | None]:
     """p50/p99/max of every live token, and p99 apart for tokens emitted in the first second, the
     last second and between (``p99_head_ms``, ``p99_tail_ms``, ``p99_mid_ms``): a start or an end
-    that stalls every stream at once shows there, apart from the steady state."""
+    that stalls every stream at once shows there, apart from the steady state. ``end_p99_ms``:
+    from a stream's last token's emission to its terminal event's arrival."""
+    ends = sorted(totals.end_latencies_ns)
+    end = {"end_p99_ms": _pick(ends, 0.99) if ends else None}
     values = sorted(totals.latencies_ns)
     if not values:
         return {"p50_ms": None, "p99_ms": None, "max_ms": None,
-                "p99_head_ms": None, "p99_mid_ms": None, "p99_tail_ms": None}
+                "p99_head_ms": None, "p99_mid_ms": None, "p99_tail_ms": None, **end}
     first, last = min(totals.emitted_ns), max(totals.emitted_ns)
     parts: dict[str, list[int]] = {"p99_head_ms": [], "p99_mid_ms": [], "p99_tail_ms": []}
     if last - first > 2 * PHASE_NS:
@@ -302,7 +305,7 @@ def latency_figures(totals: Totals) -> dict[str, float | None]:
             phase = "head" if emitted < first + PHASE_NS else "tail" if emitted > last - PHASE_NS else "mid"
             parts[f"p99_{phase}_ms"].append(latency)
     return {"p50_ms": _pick(values, 0.50), "p99_ms": _pick(values, 0.99), "max_ms": values[-1] / 1e6,
-            **{name: _pick(sorted(part), 0.99) if part else None for name, part in parts.items()}}
+            **{name: _pick(sorted(part), 0.99) if part else None for name, part in parts.items()}, **end}
 
 
 def _pick(values: list[int], q: float) -> float:

@@ -43,6 +43,19 @@ def test_tokens_emitted_before_the_reader_attached_are_replays_not_latencies() -
     assert (totals.replayed, list(totals.latencies_ns), totals.failed_streams) == (1, [500], 1)
 
 
+def test_an_ending_is_timed_from_the_last_live_tokens_emission_to_the_terminal_event() -> None:
+    totals = Totals()
+    replayed_only = Tally(totals, expected=1)
+    replayed_only.attached_ns = 5_000
+    feed(replayed_only, [0], emitted_ns=1_000)
+    replayed_only.ended(9_000)  # nothing live: no ending to time
+    live = Tally(totals, expected=2)
+    feed(live, [0], emitted_ns=1_000)
+    feed(live, [1], emitted_ns=4_000, received_ns=6_000)
+    live.ended(10_000)
+    assert list(totals.end_latencies_ns) == [6_000]
+
+
 async def test_a_tiny_run_measures_every_token_through_the_real_server() -> None:
     with UpstreamProcess() as upstream, tempfile.TemporaryDirectory() as work:
         bench = Bench(upstream.port, upstream.process.pid, Path(work))  # type: ignore[union-attr]
@@ -54,6 +67,7 @@ async def test_a_tiny_run_measures_every_token_through_the_real_server() -> None
     for row in rows[:3]:  # every token of every stream, in order, once, with a latency
         assert (row["delivered"], row["lost"], row["duplicated"], row["out_of_order"]) == (60, 0, 0, 0)
         assert row["failed_streams"] == 0 and row["p50_ms"] is not None and row["max_ms"] >= row["p50_ms"]
+        assert row["end_p99_ms"] > 0  # every stream's terminal event, timed
     for row in rows[1:3]:
         assert row["server_us_per_token"] is not None and row["server_peak_rss_mb"] > 0
     for row in rows[3:]:
@@ -106,7 +120,7 @@ async def test_the_v1_responses_stream_is_a_row_of_its_own_with_every_token() ->
     assert [(r["scenario"], r["transport"]) for r in rows] == [
         ("tiny", "direct"), ("tiny", "v1"), ("replay-all", "v1"), ("replay-last10", "v1")]
     assert (rows[1]["delivered"], rows[1]["lost"], rows[1]["duplicated"], rows[1]["out_of_order"]) == (60, 0, 0, 0)
-    assert rows[1]["failed_streams"] == 0 and rows[1]["endings"] == {"done": 3}
+    assert rows[1]["failed_streams"] == 0 and rows[1]["endings"] == {"done": 3} and rows[1]["end_p99_ms"] > 0
     for row in rows[2:]:  # a resume by sequence number gets exactly the rest
         assert row["lost"] == 0 and row["duplicated"] == 0 and row["failed_streams"] == 0
         assert row["endings"] == {"done": 1}

@@ -31,6 +31,15 @@ SWEEP_INTERVAL_S = 10.0
 TERMINAL_RETRY_FIRST_S = 0.05
 TERMINAL_RETRY_MAX_S = 5.0
 TERMINAL_RETRY_TOTAL_S = 60.0
+# At most this many answers of one process go through their ending at once: from the model's
+# finish reason to the terminal event's commit, and with that their readers' endings. An end
+# costs several tokens' work (the last events, the terminal commit and its fan-out, the model
+# stream's close, the readers' responses ended). When a thousand answers finish within one
+# token period, those endings all at once held up the last tokens of the rest by 50-90 ms;
+# taking turns keeps the answers still streaming on pace. Enough end together to share their
+# group commits and round trips (fewer at once cost more CPU per ending), and the burst's
+# endings are no slower for it. An answer ending alone never waits.
+ENDINGS_AT_ONCE = 32
 
 
 class AnswerLimit(Exception):
@@ -68,7 +77,7 @@ class Peers(Protocol):
 class Generations:
     def __init__(self, store: Store, provider: Provider, presence: Presence, *,
                  max_answer_chars: int | None = None, max_answer_s: float | None = None,
-                 peers: Peers | None = None):
+                 peers: Peers | None = None, endings_at_once: int = ENDINGS_AT_ONCE):
         self.store = store
         self.provider = provider
         self.presence = presence
@@ -85,6 +94,8 @@ class Generations:
         # second ending, so it is refused (the answer has finished).
         self._finishing: set[str] = set()
         self._abandoned: set[str] = set()  # seen running with no generation by the last sweep
+        self._endings = asyncio.Semaphore(endings_at_once)  # see ENDINGS_AT_ONCE
+        self.waiting_to_end = 0  # answers whose model has finished, waiting for their turn to end
 
     # ---- starting and stopping -------------------------------------------
 
@@ -242,9 +253,23 @@ class Generations:
 
     async def _generate(self, channel: str, user_id: str, messages: list[dict[str, str]],
                         options: ModelOptions) -> None:
+        turn = _Turn(self)
         try:
-            async with asyncio.timeout(self.max_answer_s):
-                finish_reason = await self._stream(channel, messages, options)
+            await self._generate_in_turn(channel, user_id, messages, options, turn)
+        finally:
+            turn.give_back()
+
+    async def _generate_in_turn(self, channel: str, user_id: str, messages: list[dict[str, str]],
+                                options: ModelOptions, turn: _Turn) -> None:
+        try:
+            async with asyncio.timeout(self.max_answer_s) as limit:
+
+                async def model_finished() -> None:
+                    limit.reschedule(None)  # the model finished in time: waiting for a turn does not count
+                    await turn.take()
+
+                finish_reason = await self._stream(channel, messages, options, model_finished)
+            await turn.take()  # a stream that ended without a finish reason
         except asyncio.CancelledError:
             if self._stop_reasons.get(channel) == INTERRUPTED:
                 await self.finish(channel, user_id, INTERRUPTED, {"reason": SHUTDOWN_REASON})
@@ -268,9 +293,12 @@ class Generations:
             return
         await self.finish(channel, user_id, DONE, {"finish_reason": finish_reason})
 
-    async def _stream(self, channel: str, messages: list[dict[str, str]], options: ModelOptions) -> str:
+    async def _stream(self, channel: str, messages: list[dict[str, str]], options: ModelOptions,
+                      model_finished: Callable[[], Awaitable[None]]) -> str:
         """The model's stream into the channel; its finish reason. Raises ``AnswerLimit`` past
-        ``max_answer_chars``, after appending the answer up to exactly that many characters."""
+        ``max_answer_chars``, after appending the answer up to exactly that many characters.
+        ``model_finished`` is awaited at the model's finish reason, before the rest of its
+        stream (usage, its end) is read: the answer's ending starts there."""
         finish_reason = "stop"
         deltas = _Deltas(self.store, channel, self.max_answer_chars)
         stream = self.provider.stream(messages, options, take=deltas.take)
@@ -294,6 +322,7 @@ class Generations:
                     await self.store.append(channel, USAGE, chunk.usage, wait=False)
                 if chunk.finish_reason:
                     finish_reason = chunk.finish_reason
+                    await model_finished()
         finally:
             await _close_quietly(stream)
         return finish_reason
@@ -345,6 +374,33 @@ class Generations:
                             delay_s, exc_info=True)
                 await asyncio.sleep(delay_s)
                 delay_s = min(TERMINAL_RETRY_MAX_S, delay_s * 2)
+
+
+class _Turn:
+    """One answer's place among the endings at once (``ENDINGS_AT_ONCE``): taken at most once,
+    given back when the answer has ended."""
+
+    __slots__ = ("_generations", "_held")
+
+    def __init__(self, generations: Generations):
+        self._generations = generations
+        self._held = False
+
+    async def take(self) -> None:
+        if self._held:
+            return
+        generations = self._generations
+        generations.waiting_to_end += 1
+        try:
+            await generations._endings.acquire()
+        finally:
+            generations.waiting_to_end -= 1
+        self._held = True
+
+    def give_back(self) -> None:
+        if self._held:
+            self._held = False
+            self._generations._endings.release()
 
 
 class _Deltas:

@@ -276,6 +276,68 @@ async def test_an_answer_past_its_time_limit_ends_with_answer_timeout_keeping_wh
     assert world.provider.closed == 1
 
 
+class HeldHook:
+    """A completion hook that holds each ending until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered: list[str] = []
+
+    async def __call__(self, completion: Completion) -> None:
+        self.entered.append(completion.channel)
+        await self.release.wait()
+
+
+async def ending_held(world: World) -> tuple[HeldHook, str]:
+    """A first answer whose ending holds the only turn, and a second answer waiting for it."""
+    held = HeldHook()
+    world.generations.completion_hooks.append(held)
+    first = await world.run("ch-1")
+    await async_wait_until(lambda: held.entered == [first], 5, "the first answer's ending")
+    second = await world.run("ch-2")
+    await async_wait_until(lambda: world.generations.waiting_to_end == 1, 5, "the second answer to wait its turn")
+    return held, second
+
+
+async def test_answers_finishing_together_take_turns_to_end_and_lose_nothing(store: SQLiteStore) -> None:
+    world = World(store, ScriptedProvider(TOKENS), endings_at_once=1)
+    held, second = await ending_held(world)
+
+    async def committed() -> list[str]:
+        return [event.type for event in await store.read_after(second, 1)]
+
+    async def text_committed() -> bool:
+        return await committed() == deltas
+
+    deltas = ["delta", "delta"]
+    await async_wait_until(text_committed, 5, "its text")
+    assert await committed() == deltas  # the model's finish reason came; its usage and end wait
+    held.release.set()
+    assert [kind for kind, _ in await world.finished(second)] == [*deltas, "usage", "done"]
+    assert [c.channel for c in world.completions] == ["ch-1", second] and world.generations.waiting_to_end == 0
+
+
+async def test_an_answer_waiting_for_its_turn_to_end_can_be_cancelled_and_gives_no_turn_away(
+        store: SQLiteStore) -> None:
+    world = World(store, ScriptedProvider(TOKENS), endings_at_once=1)
+    held, second = await ending_held(world)
+    assert world.generations.cancel(second)
+    held.release.set()
+    assert [kind for kind, _ in await world.finished(second)] == ["delta", "delta", "cancelled"]
+    third = await world.run("ch-3")  # the one turn is free again
+    assert (await world.finished(third))[-1] == ("done", {"finish_reason": "length"})
+
+
+async def test_a_wait_for_a_turn_to_end_does_not_count_against_the_answers_time_limit(store: SQLiteStore) -> None:
+    world = World(store, ScriptedProvider(TOKENS), endings_at_once=1, max_answer_s=0.2)
+    held, second = await ending_held(world)
+    waiting_since = time.monotonic()
+    await async_wait_until(lambda: time.monotonic() - waiting_since > 0.4, 5, "the time limit to pass")
+    held.release.set()
+    assert (await world.finished(second))[-1] == ("done", {"finish_reason": "length"})
+    assert await world.answer() == ("Hello, world", "done")
+
+
 class FlakyTerminalStore:
     """The store, but the first ``failures`` terminal appends fail (a locked database)."""
 

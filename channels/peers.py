@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from hiredis import pack_command
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from channels.redis.scripts import Script
 from channels.redis.watch import Subscriber
@@ -125,23 +126,30 @@ class _Batch:
     """Commands of many callers sent in one pipelined round trip, as the log's group commit does:
     a thousand answers ending together cost a few round trips, not a thousand.
 
-    A script is sent as EVALSHA, loaded only when Redis answers NOSCRIPT (it restarted, or its
-    cache was flushed): redis-py's own scripts in a pipeline ask ``SCRIPT EXISTS`` first, a
-    second round trip on every batch."""
+    The commands are packed by hiredis, written at once, and their replies read in order: an
+    answer's end is a few small commands (its claim and slot given back, its readers'
+    visibility asked), and redis-py's pipeline cost more CPU than they did. A script is sent
+    as EVALSHA, loaded only when Redis answers NOSCRIPT (it restarted, or its cache was
+    flushed): redis-py's own scripts in a pipeline ask ``SCRIPT EXISTS`` first, a second round
+    trip on every batch."""
 
-    def __init__(self, redis: aioredis.Redis):
-        self._redis = redis
+    def __init__(self, url: str):
+        # A connection of its own, as batches go one at a time. Without a socket timeout (redis-py
+        # runs each write of one in a task of its own): a round trip is bounded as a whole.
+        self._pool = aioredis.ConnectionPool.from_url(url, max_connections=1, socket_timeout=None,
+                                                      socket_connect_timeout=COMMAND_TIMEOUT_S)
+        self._connection: Any = None  # redis-py's asyncio Connection, unannotated
         self._pending: list[_Call] = []
         self._sending: asyncio.Task[None] | None = None
 
-    def run(self, add: Callable[[Any], object]) -> asyncio.Future[Any]:
-        """``add(pipeline)`` adds one command; the future gets its reply (or its error)."""
-        return self._queue(_Call(add, asyncio.get_running_loop().create_future()))
+    def run(self, *command: Any) -> asyncio.Future[Any]:
+        """One command (``"HDEL", key, field``); the future gets its reply (or its error)."""
+        return self._queue(_Call(command, asyncio.get_running_loop().create_future()))
 
     def run_script(self, script: Script, args: list[Any]) -> asyncio.Future[Any]:
         """``script`` with no keys and ``args``; the future gets its reply (or its error)."""
-        return self._queue(_Call(lambda pipe: pipe.evalsha(script.sha, 0, *args),
-                                 asyncio.get_running_loop().create_future(), script))
+        return self._queue(_Call(("EVALSHA", script.sha, 0, *args), asyncio.get_running_loop().create_future(),
+                                 script))
 
     def _queue(self, call: _Call) -> asyncio.Future[Any]:
         self._pending.append(call)
@@ -177,21 +185,44 @@ class _Batch:
             self._sending = None
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for call in batch:
-                call.add(pipe)
-            return list(await pipe.execute(raise_on_error=False))
+        return await self._round_trip([call.command for call in batch])
 
     async def _load(self, scripts: set[Script]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for script in scripts:
-                pipe.script_load(script.source)
-            await pipe.execute()
+        for reply in await self._round_trip([("SCRIPT", "LOAD", script.source) for script in scripts]):
+            if isinstance(reply, Exception):
+                raise reply
+
+    async def close(self) -> None:
+        await self._pool.aclose()
+
+    async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Each command's reply, or the ``ResponseError`` it was; a connection error or timeout
+        (``COMMAND_TIMEOUT_S``) is raised, and the connection dropped: its replies are unknown."""
+        if self._connection is None:
+            self._connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        connection = self._connection
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT_S):
+                # Closed by Redis (it restarted), or out of step: started afresh. redis-py's own pool
+                # check is off while its maintenance notifications are "auto", as they are here.
+                if connection.is_connected and await connection.can_read():
+                    await connection.disconnect()
+                await connection.send_packed_command(b"".join(map(pack_command, commands)), check_health=False)
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+                return replies
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class _Call:
-    add: Callable[[Any], object]
+    command: tuple[Any, ...]
     future: asyncio.Future[Any]
     script: Script | None = None
 
@@ -217,7 +248,7 @@ class RedisPeers:
         self._redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
             url, max_connections=POOL_CONNECTIONS, timeout=COMMAND_TIMEOUT_S, socket_timeout=COMMAND_TIMEOUT_S,
             socket_connect_timeout=COMMAND_TIMEOUT_S))
-        self._batch = _Batch(self._redis)
+        self._batch = _Batch(url)
         # A subscribed connection blocks on its read without end (redis-py #2807: no timeout); the
         # store's Subscriber reads it, reconnects, and replaces it when it goes silent.
         self._listener = aioredis.Redis.from_url(url, socket_timeout=None,
@@ -252,6 +283,7 @@ class RedisPeers:
         except RedisError:
             log.warning("could not give up this process's lease; it runs out by itself", exc_info=True)
         await self._redis.aclose()
+        await self._batch.close()
         if self._subscriber is not None:
             await self._subscriber.close()  # closes the listener's client too
             self._subscriber = None
@@ -262,10 +294,10 @@ class RedisPeers:
 
     async def claim(self, channel: str) -> None:
         """This process generates ``channel`` from now on."""
-        await self._call(self._batch.run(lambda pipe: pipe.hset(self._owners, channel, self.id)))
+        await self._call(self._batch.run("HSET", self._owners, channel, self.id))
 
     async def release(self, channel: str) -> None:
-        await self._call(self._batch.run(lambda pipe: pipe.hdel(self._owners, channel)))
+        await self._call(self._batch.run("HDEL", self._owners, channel))
 
     async def owned_elsewhere(self) -> set[str]:
         """The channels claimed by other processes whose lease is alive."""

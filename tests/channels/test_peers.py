@@ -14,6 +14,7 @@ from channels.limits import LimitExceeded, SharedLimits
 from channels.peers import RedisPeers
 from channels.presence import SharedPresence
 from channels.redis import watch
+from channels.store import StoreUnavailable
 from tests.support.proxy import TcpProxy
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import async_wait_until
@@ -259,3 +260,23 @@ async def test_a_batch_of_scripts_is_one_round_trip_and_survives_a_flushed_scrip
         two.presence.detach(reader)
     async with limits.admitted("alice"), shared_limits(two).admitted("alice"):  # every slot was given back
         pass
+
+
+async def test_a_failing_command_in_a_batch_fails_its_own_caller_alone(
+        processes: tuple[Process, Process], redis: RedisServer) -> None:
+    one, _ = processes
+    limits = shared_limits(one)
+
+    async def admitted() -> str:
+        async with limits.admitted("alice"):
+            return "admitted"
+
+    with redis.client() as client:
+        client.set("peers-test:owners", "not a hash")  # the claim's HSET fails: WRONGTYPE
+        claim, admission = await asyncio.gather(one.peers.claim(CHANNEL), admitted(), return_exceptions=True)
+        assert isinstance(claim, StoreUnavailable) and admission == "admitted"
+        assert client.get("peers-test:owners") == b"not a hash"
+        client.delete("peers-test:owners")
+    await one.peers.claim(CHANNEL)  # the batch's connection still answers in step
+    with redis.client() as client:
+        assert client.hget("peers-test:owners", CHANNEL) == one.peers.id.encode()

@@ -19,6 +19,11 @@ Where this differs from the first design, and why:
   batch's delta contents), not at the terminal event: the terminal step costs no
   more than any other (joining 50,000 deltas at once would hold Redis for tens of
   milliseconds), and ``channel_content`` is one ``GET`` at any time.
+- **A channel's last id is its stream's length**, not a field of its hash: ids
+  run 1..n and no entry is removed, so ``XLEN`` is the last id. A round of deltas
+  then writes the stream and the text only; the hash's ``last`` was a third of
+  the append-only file's bytes per token (channels stored by an earlier version
+  keep that field, unread).
 - **Every write script has a deadline** on Redis's clock, so a write this
   process gave up on (``StoreUnavailable``) cannot land later, and every write
   script is idempotent, so an unknown outcome is settled by sending it again.

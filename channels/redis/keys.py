@@ -4,8 +4,10 @@ With prefix ``chime`` (``RedisStore(prefix=...)``; two stores with the same URL 
 prefix share their data, another prefix shares nothing):
 
 ``chime:ch:{<channel>}``            hash: user_id, conversation_id, model, status,
-                                    created_at, finished_at, usage (JSON), last (the last id)
-``chime:ch:{<channel>}:log``        stream: event ``n`` is entry ``n-0`` with fields t (type), d (data JSON)
+                                    created_at, finished_at, usage (JSON)
+``chime:ch:{<channel>}:log``        stream: event ``n`` is entry ``n-0`` with fields t (type), d (data JSON);
+                                    ids run 1..n with no gap and no entry is removed, so its
+                                    length (``XLEN``) is the channel's last id
 ``chime:ch:{<channel>}:text``       string: every delta's content, joined as it is appended
 ``chime:ch:{<channel>}:wake``       pub/sub channel: each committed batch, for other processes
 ``chime:running``                   set: the channels without their terminal event

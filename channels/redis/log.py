@@ -33,14 +33,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
+import redis.asyncio
 import redis.exceptions
 
 from channels.appends import AppendQueue, ChannelLog, Pending
 from channels.events import META, TERMINAL_TYPES, Event
 from channels.redis.database import CONNECTION_ERRORS, TIMEOUT_S, RedisDatabase, busy_reply, unavailable
+from channels.redis.keys import Keys
 from channels.redis.scripts import APPEND, CLOSED, CONFLICT, CREATE, LATE, STORED, UNKNOWN
 from channels.redis.watch import Watches
 from channels.store import (
@@ -85,6 +88,16 @@ class _Conflict(StoreUnavailable):
 # What a round sends again: a batch that was not run, or whose outcome is unknown.
 _SENT_AGAIN: tuple[type[BaseException], ...] = (_Retry, *CONNECTION_ERRORS)
 _PREPARE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis.exceptions.ResponseError)
+
+
+async def _with_last_id(client: redis.asyncio.Redis, keys: Keys, channel_id: str,
+                        read: Callable[[Any, str], object]) -> list[Any]:
+    """``read(pipeline, the channel's hash key)`` and the channel's last id (its stream's length),
+    in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    read(pipe, keys.channel(channel_id))
+    pipe.xlen(keys.log(channel_id))
+    return list(await pipe.execute())
 
 
 class RedisLog(RedisDatabase, AppendQueue):
@@ -142,14 +155,16 @@ class RedisLog(RedisDatabase, AppendQueue):
     # ---- reading ---------------------------------------------------------
 
     async def get_channel(self, channel_id: str) -> ChannelRecord | None:
-        fields: dict[bytes, bytes] = await self._read(lambda r: r.hgetall(self.keys.channel(channel_id)))
+        fields: dict[bytes, bytes]
+        fields, last = await self._read(lambda r: _with_last_id(r, self.keys, channel_id,
+                                                               lambda pipe, key: pipe.hgetall(key)))
         if not fields:
             return None
         finished_at, usage = fields.get(b"finished_at"), fields.get(b"usage")
         return ChannelRecord(channel_id, fields[b"user_id"].decode(), fields[b"conversation_id"].decode(),
                              fields[b"model"].decode(), fields[b"status"].decode(), fields[b"created_at"].decode(),
                              finished_at.decode() if finished_at is not None else None,
-                             orjson.loads(usage) if usage else None, int(fields[b"last"]))
+                             orjson.loads(usage) if usage else None, last)
 
     async def read_after(self, channel_id: str, after: int, limit: int = 1000) -> list[Event]:
         if after >= MAX_STREAM_ID or limit <= 0:
@@ -183,8 +198,8 @@ class RedisLog(RedisDatabase, AppendQueue):
         self._watches.unwatch(channel_id)
 
     async def _read_last_id(self, channel_id: str) -> int:
-        last: bytes | None = await self._read(lambda r: r.hget(self.keys.channel(channel_id), "last"))
-        return int(last) if last is not None else 0
+        last: int = await self._read(lambda r: r.xlen(self.keys.log(channel_id)))
+        return last
 
     def _owns(self, channel_id: str) -> bool:
         """Whether this store appends to the channel (its own events may be on the way)."""
@@ -193,15 +208,15 @@ class RedisLog(RedisDatabase, AppendQueue):
     # ---- appending: the group commit -------------------------------------
 
     async def _load_log(self, channel_id: str) -> ChannelLog:
-        state: list[bytes | None] = await self._read(lambda r: r.hmget(self.keys.channel(channel_id), "status",
-                                                                       "last"))
-        status, last = state
+        status: bytes | None
+        status, last = await self._read(lambda r: _with_last_id(r, self.keys, channel_id,
+                                                               lambda pipe, key: pipe.hget(key, "status")))
         if status is None:
             raise UnknownChannel(channel_id)
         if status != b"running":  # kept out of ``_logs``: an ended channel needs no entry there
             raise ChannelClosed(channel_id)
         # Another append may have loaded it while this one waited.
-        return self._logs.setdefault(channel_id, ChannelLog(int(last or 0) + 1))
+        return self._logs.setdefault(channel_id, ChannelLog(last + 1))
 
     async def _flush_loop(self) -> None:
         while True:

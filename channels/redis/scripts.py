@@ -69,7 +69,9 @@ end
 # already ended (CLOSED), refuses its batch only. Each event is stream entry ``<id>-0`` (fields
 # t, d); the batch's delta contents are appended to the channel's text, so the joined answer is
 # there when the terminal event arrives; a usage event sets the hash's usage, a terminal one its
-# status and finished_at, and takes the channel off the running set. What a channel's batch
+# status and finished_at, and takes the channel off the running set. The stored last id is the
+# stream's length (ids run 1..n, none removed): a round of deltas writes nothing to the hash,
+# which kept a third of the append-only file's bytes per token when it held the last id. What a channel's batch
 # stored is published on its wake channel (its hash's key, then ``:wake``) as
 # "origin\nfirst id\ntype\ndata\ntype\ndata..." (orjson's compact JSON never holds a raw newline).
 #
@@ -91,9 +93,9 @@ local function append(k, a)
   local channel, stream, text = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local channel_id, first, count, contents = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3]
   local events = a + 4
-  local state = redis.call('HMGET', channel, 'status', 'last')
-  if not state[1] then return 1, 0 end
-  local status, last = state[1], tonumber(state[2])
+  local status = redis.call('HGET', channel, 'status')
+  if not status then return 1, 0 end
+  local last = redis.call('XLEN', stream)
   local stored = 0
   if last ~= first - 1 then
     local mismatch = status == 'running' and 3 or 2
@@ -131,7 +133,7 @@ local function append(k, a)
   end
   if rest then contents = table.concat(rest) end
   if contents ~= '' then redis.call('APPEND', text, contents) end
-  redis.call('HSET', channel, 'last', id - 1, unpack(fields))
+  if #fields > 0 then redis.call('HSET', channel, unpack(fields)) end
   redis.call('PUBLISH', channel .. ':wake',
              origin .. '\\n' .. (first + stored) .. '\\n' .. table.concat(ARGV, '\\n', from, to))
   return 0, id - 1
@@ -250,7 +252,7 @@ if a.title then
   redis.call('HSET', conversation, 'id', a.conversation, 'user_id', a.user, 'title', a.title, 'created_at', a.now)
 end
 redis.call('HSET', channel, 'user_id', a.user, 'conversation_id', a.conversation, 'model', a.model,
-           'status', 'running', 'created_at', a.now, 'last', 1)
+           'status', 'running', 'created_at', a.now)
 redis.call('XADD', channel .. ':log', '1-0', 't', 'meta', 'd', a.meta)
 redis.call('SADD', p .. ':running', a.channel)
 redis.call('SADD', conversation .. ':channels', a.channel)

@@ -133,6 +133,24 @@ async def test_a_batch_that_does_not_continue_the_stored_ids_is_refused(store: R
     assert (await record_of(store, channel)).status == INTERRUPTED
 
 
+async def test_a_round_of_deltas_writes_the_stream_and_text_only_and_its_length_is_the_last_id(
+        store: RedisStore) -> None:
+    channel = await new_channel(store)
+    with redis.Redis.from_url(store.url) as client:
+        created = client.hgetall(store.keys.channel(channel))
+        await store.append(channel, DELTA, {"content": "a"})
+        await store.append(channel, DELTA, {"content": "b"})
+        assert client.hgetall(store.keys.channel(channel)) == created  # nothing per token in the hash
+        assert (await record_of(store, channel)).last_event_id == 3
+        # A channel stored by an earlier version kept its last id in the hash: it is not read.
+        client.hset(store.keys.channel(channel), "last", 1)
+    await store.append(channel, USAGE, {"total_tokens": 2})
+    await store.append(channel, DONE, {"finish_reason": "stop"})
+    assert stored_ids(store, channel) == [1, 2, 3, 4, 5]
+    record = await store.get_channel(channel)
+    assert record is not None and (record.last_event_id, record.status, record.usage) == (5, DONE, {"total_tokens": 2})
+
+
 async def test_a_script_past_its_deadline_writes_nothing(store: RedisStore) -> None:
     channel = await new_channel(store)
     assert await run_append(store, [(channel, 2, deltas("late"))], deadline_ms=1) == [LATE]

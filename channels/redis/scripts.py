@@ -71,8 +71,8 @@ end
 # there when the terminal event arrives; a usage event sets the hash's usage, a terminal one its
 # status and finished_at, and takes the channel off the running set. The stored last id is the
 # stream's length (ids run 1..n, none removed): a round of deltas writes nothing to the hash,
-# which kept a third of the append-only file's bytes per token when it held the last id. What a channel's batch
-# stored is published on its wake channel (its hash's key, then ``:wake``) as
+# which kept a third of the append-only file's bytes per token when it held the last id. What
+# a channel's batch stored is published on its wake channel (its hash's key, then ``:wake``) as
 # "origin\nfirst id\ntype\ndata\ntype\ndata..." (orjson's compact JSON never holds a raw newline).
 #
 # A batch sent again after an unknown outcome may be stored in part or whole: when the entry at

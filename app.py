@@ -27,7 +27,7 @@ from sanic import Sanic
 import backup
 import errors
 from channels.answers import Answers
-from channels.generation import SWEEP_INTERVAL_S, Completion, Generations
+from channels.generation import ENDINGS_AT_ONCE, SWEEP_INTERVAL_S, Completion, Generations
 from channels.hub import Hub
 from channels.limits import Limits, SharedLimits
 from channels.peers import RedisPeers
@@ -173,6 +173,9 @@ def _count_completion(metrics: Metrics) -> Callable[[Completion], None]:
 
 def _register_gauges(ctx: Services) -> None:
     ctx.metrics.gauge("chime_running_answers", "Answers being generated.", lambda: ctx.generations.running)
+    ctx.metrics.gauge("chime_answers_waiting_to_end", "Answers whose model has finished, waiting for their turn "
+                      f"to end (at most {ENDINGS_AT_ONCE} end at once per process).",
+                      lambda: ctx.generations.waiting_to_end)
     ctx.metrics.gauge("chime_attached_readers", "Readers attached to a channel.", lambda: ctx.hub.readers)
     ctx.metrics.gauge("chime_store_commits", "Group commits since start.", lambda: ctx.store.commits)
     ctx.metrics.gauge("chime_store_committed_events", "Events committed since start.",

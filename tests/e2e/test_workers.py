@@ -167,6 +167,7 @@ async def test_workers_share_the_port_and_every_scrape_covers_every_worker(tmp_p
         with ServerProcess(tmp_path / "single", {"CHIME_REDIS_URL": redis.url}) as single:
             one_process = httpx.get(f"{single.url}/metrics", timeout=WAIT_S).text
         assert gauge_names(final) == gauge_names(one_process) != set()
+        assert {"chime_running_answers", "chime_answers_waiting_to_end"} <= gauge_names(final)
         assert scrape_counts(one_process) == {str(single.process.pid): 1.0}  # type: ignore[union-attr]
 
         assert server.stop(WAIT_S) == 0

@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio
+import redis.asyncio.client
 import redis.exceptions
 from hiredis import pack_command
 from redis.backoff import NoBackoff
@@ -190,6 +191,16 @@ class RedisDatabase:
             if busy_reply(exc):
                 raise unavailable(exc) from exc
             raise
+
+    async def _pipelined(self, commands: Callable[[redis.asyncio.client.Pipeline], object]) -> list[Any]:
+        """Read with the commands ``commands`` queues, in one round trip."""
+        async def run(client: redis.asyncio.Redis) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            commands(pipe)
+            replies: list[Any] = await pipe.execute()
+            return replies
+        replies: list[Any] = await self._read(run)
+        return replies
 
     async def _script(self, script: Script, payload: dict[str, Any]) -> Any:
         """Run a record script with ``payload`` (and the prefix) as its JSON argument.

@@ -33,17 +33,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
-import redis.asyncio
 import redis.exceptions
 
 from channels.appends import AppendQueue, ChannelLog, Pending
 from channels.events import META, TERMINAL_TYPES, Event
 from channels.redis.database import CONNECTION_ERRORS, TIMEOUT_S, RedisDatabase, busy_reply, unavailable
-from channels.redis.keys import Keys
 from channels.redis.scripts import APPEND, CLOSED, CONFLICT, CREATE, LATE, STORED, UNKNOWN
 from channels.redis.watch import Watches
 from channels.store import (
@@ -88,16 +85,6 @@ class _Conflict(StoreUnavailable):
 # What a round sends again: a batch that was not run, or whose outcome is unknown.
 _SENT_AGAIN: tuple[type[BaseException], ...] = (_Retry, *CONNECTION_ERRORS)
 _PREPARE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis.exceptions.ResponseError)
-
-
-async def _with_last_id(client: redis.asyncio.Redis, keys: Keys, channel_id: str,
-                        read: Callable[[Any, str], object]) -> list[Any]:
-    """``read(pipeline, the channel's hash key)`` and the channel's last id (its stream's length),
-    in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    read(pipe, keys.channel(channel_id))
-    pipe.xlen(keys.log(channel_id))
-    return list(await pipe.execute())
 
 
 class RedisLog(RedisDatabase, AppendQueue):
@@ -156,8 +143,8 @@ class RedisLog(RedisDatabase, AppendQueue):
 
     async def get_channel(self, channel_id: str) -> ChannelRecord | None:
         fields: dict[bytes, bytes]
-        fields, last = await self._read(lambda r: _with_last_id(r, self.keys, channel_id,
-                                                               lambda pipe, key: pipe.hgetall(key)))
+        fields, last = await self._pipelined(lambda pipe: [  # the last id is the stream's length
+            pipe.hgetall(self.keys.channel(channel_id)), pipe.xlen(self.keys.log(channel_id))])
         if not fields:
             return None
         finished_at, usage = fields.get(b"finished_at"), fields.get(b"usage")
@@ -209,8 +196,8 @@ class RedisLog(RedisDatabase, AppendQueue):
 
     async def _load_log(self, channel_id: str) -> ChannelLog:
         status: bytes | None
-        status, last = await self._read(lambda r: _with_last_id(r, self.keys, channel_id,
-                                                               lambda pipe, key: pipe.hget(key, "status")))
+        status, last = await self._pipelined(lambda pipe: [
+            pipe.hget(self.keys.channel(channel_id), "status"), pipe.xlen(self.keys.log(channel_id))])
         if status is None:
             raise UnknownChannel(channel_id)
         if status != b"running":  # kept out of ``_logs``: an ended channel needs no entry there

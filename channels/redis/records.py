@@ -10,12 +10,7 @@ the order they were touched in, as SQLite lists them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import orjson
-import redis.asyncio
-import redis.asyncio.client
 
 from channels.redis.database import RedisDatabase
 from channels.redis.scripts import (
@@ -33,16 +28,6 @@ _SUBSCRIPTION_FIELDS = ("user_id", "endpoint", "p256dh", "auth", "created_at")
 
 class RedisRecords(RedisDatabase):
     """``Records`` in Redis; each write one script."""
-
-    async def _pipelined(self, commands: Callable[[redis.asyncio.client.Pipeline], object]) -> list[Any]:
-        """Read with the commands ``commands`` queues, in one round trip."""
-        async def run(client: redis.asyncio.Redis) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            commands(pipe)
-            replies: list[Any] = await pipe.execute()
-            return replies
-        replies: list[Any] = await self._read(run)
-        return replies
 
     # ---- users -----------------------------------------------------------
 

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from hiredis import pack_command
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
+from channels.redis.database import round_trip
 from channels.redis.scripts import Script
 from channels.redis.watch import Subscriber
 from channels.store import StoreUnavailable
@@ -126,8 +126,8 @@ class _Batch:
     """Commands of many callers sent in one pipelined round trip, as the log's group commit does:
     a thousand answers ending together cost a few round trips, not a thousand.
 
-    The commands are packed by hiredis, written at once, and their replies read in order: an
-    answer's end is a few small commands (its claim and slot given back, its readers'
+    The commands go in one ``round_trip`` (packed by hiredis, written at once): an answer's end
+    is a few small commands (its claim and slot given back, its readers'
     visibility asked), and redis-py's pipeline cost more CPU than they did. A script is sent
     as EVALSHA, loaded only when Redis answers NOSCRIPT (it restarted, or its cache was
     flushed): redis-py's own scripts in a pipeline ask ``SCRIPT EXISTS`` first, a second round
@@ -162,12 +162,13 @@ class _Batch:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    replies = await self._execute(batch)
+                    replies = await self._round_trip([call.command for call in batch])
                     unloaded = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
                     if unloaded:
                         again = [batch[n] for n in unloaded]
                         await self._load({call.script for call in again if call.script is not None})
-                        for n, reply in zip(unloaded, await self._execute(again), strict=True):
+                        for n, reply in zip(unloaded, await self._round_trip([call.command for call in again]),
+                                            strict=True):
                             replies[n] = reply
                 except Exception as exc:
                     for call in batch:
@@ -183,9 +184,6 @@ class _Batch:
                         call.future.set_result(reply)
         finally:
             self._sending = None
-
-    async def _execute(self, batch: list[_Call]) -> list[Any]:
-        return await self._round_trip([call.command for call in batch])
 
     async def _load(self, scripts: set[Script]) -> None:
         for reply in await self._round_trip([("SCRIPT", "LOAD", script.source) for script in scripts]):
@@ -207,14 +205,7 @@ class _Batch:
                 # check is off while its maintenance notifications are "auto", as they are here.
                 if connection.is_connected and await connection.can_read():
                     await connection.disconnect()
-                await connection.send_packed_command(b"".join(map(pack_command, commands)), check_health=False)
-                replies: list[Any] = []
-                for _ in commands:
-                    try:
-                        replies.append(await connection.read_response())
-                    except ResponseError as exc:
-                        replies.append(exc)
-                return replies
+                return await round_trip(connection, commands)
         except BaseException:
             await connection.disconnect(nowait=True)
             raise

@@ -78,6 +78,24 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+async def round_trip(connection: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """``commands`` on one redis-py ``connection``, packed by hiredis and written at once: each
+    one's reply, or the ``ResponseError`` it was. A connection error or timeout is raised as it
+    comes (redis-py drops the connection: the outcome is then unknown).
+
+    For the group commit's thousands of arguments and the peers' batches: redis-py packs each
+    argument in Python (half the CPU of a round), hiredis packs them in C.
+    """
+    await connection.send_packed_command(b"".join(map(pack_command, commands)), check_health=False)
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(await connection.read_response())
+        except redis.exceptions.ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
 def unavailable(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"Redis is unavailable: {exc}")
 
@@ -244,20 +262,12 @@ class RedisDatabase:
             raise
 
     async def _run_packed(self, command: tuple[Any, ...]) -> Any:
-        """Run one command, packed by hiredis; its reply, or the ``ResponseError`` it was. A
-        connection error or timeout is raised as it comes (the outcome is then unknown).
-
-        For the group commit's thousands of arguments: redis-py packs each in Python (half
-        the CPU of a round), hiredis packs them in C.
-        """
+        """Run one command on a connection of the pool (``round_trip``): its reply, or the
+        ``ResponseError`` it was."""
         pool = self._r.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         try:
-            await connection.send_packed_command(pack_command(command), check_health=False)
-            try:
-                return await connection.read_response()
-            except redis.exceptions.ResponseError as exc:
-                return exc
+            return (await round_trip(connection, [command]))[0]
         finally:
             await pool.release(connection)
 
